@@ -1,0 +1,19 @@
+"""ltc_fast: label-token text classification, a fast drop-in for the reference method."""
+
+from transformers import AutoConfig
+
+from .checkpoints import from_reference_state_dict, to_reference_state_dict
+from .config import LtcConfig
+from .modeling import AutoModelForTokenSequenceClassification, LabelTokenClassifierOutput
+
+AutoConfig.register(LtcConfig.model_type, LtcConfig, exist_ok=True)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoModelForTokenSequenceClassification",
+    "LabelTokenClassifierOutput",
+    "LtcConfig",
+    "from_reference_state_dict",
+    "to_reference_state_dict",
+]

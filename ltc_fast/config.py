@@ -1,0 +1,139 @@
+"""`LtcConfig`: the encoder's own config plus what the label-token head needs."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PretrainedConfig
+
+from . import encoders
+
+MULTI_LABEL = "multi_label_classification"
+SINGLE_LABEL = "single_label_classification"
+_PROBLEM_TYPE_ALIASES = {"multi": MULTI_LABEL, "multi_label": MULTI_LABEL, MULTI_LABEL: MULTI_LABEL,
+                         "single": SINGLE_LABEL, "single_label": SINGLE_LABEL, SINGLE_LABEL: SINGLE_LABEL}
+LABEL_INITS = ("random", "avg", "label_name", "cls")
+# Later issues add "shared" positions and "decoupled" attention; the defaults reproduce the reference.
+LABEL_POSITIONS = ("reference",)
+LABEL_ATTENTIONS = ("full",)
+
+
+def normalize_problem_type(problem_type: str | None) -> str:
+    if problem_type is None:
+        return MULTI_LABEL
+    if problem_type not in _PROBLEM_TYPE_ALIASES:
+        raise ValueError(
+            f"problem_type must be one of {sorted(set(_PROBLEM_TYPE_ALIASES))}, got {problem_type!r}"
+        )
+    return _PROBLEM_TYPE_ALIASES[problem_type]
+
+
+def resolve_label_names(num_labels: int | None, label_names) -> list[str]:
+    """Validate `num_labels` / `label_names` together and return the label names."""
+    if label_names is None:
+        if num_labels is None:
+            raise ValueError("give num_labels (an int >= 1) or label_names (a list of names); got neither")
+        if not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"num_labels must be an int >= 1, got {num_labels!r}")
+        return [f"LABEL_{i}" for i in range(num_labels)]
+    if isinstance(label_names, str):
+        raise ValueError(f"label_names must be a list of strings, got the single string {label_names!r}")
+    label_names = list(label_names)
+    if not label_names:
+        raise ValueError("label_names must hold at least one name, got an empty list")
+    for i, name in enumerate(label_names):
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"label_names[{i}] must be a non-empty string, got {name!r}")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(label_names):
+        if name in seen:
+            raise ValueError(f"label_names must be unique: {name!r} is at index {seen[name]} and at index {i}")
+        seen[name] = i
+    if num_labels is not None and num_labels != len(label_names):
+        raise ValueError(
+            f"num_labels={num_labels} disagrees with label_names, which holds {len(label_names)} names"
+        )
+    return label_names
+
+
+class LtcConfig(PretrainedConfig):
+    """Config of `AutoModelForTokenSequenceClassification`.
+
+    `encoder` is the wrapped encoder's config (saved as a nested dict). `id2label` holds the label names,
+    `num_labels` follows from it. `hidden_layer` is resolved at construction: the encoder config keeps only
+    the layers up to the chosen one, so a saved model reloads with the same depth.
+    """
+
+    model_type = "ltc_fast"
+    sub_configs = {"encoder": AutoConfig}
+
+    def __init__(
+        self,
+        encoder: PretrainedConfig | dict | None = None,
+        label_names: list[str] | None = None,
+        problem_type: str | None = None,
+        label_init: str = "random",
+        hidden_layer: int = -1,
+        label_head_dropout: float = 0.1,
+        label_positions: str = "reference",
+        label_attention: str = "full",
+        **kwargs,
+    ):
+        if isinstance(encoder, dict):
+            encoder = dict(encoder)
+            encoder = AutoConfig.for_model(encoder.pop("model_type"), **encoder)
+        if encoder is not None:
+            encoders.encoder_spec(encoder)  # clear error on unsupported architectures
+            hidden_layer = _truncate_to_hidden_layer(encoder, hidden_layer)
+        self.encoder = encoder
+        num_labels = kwargs.pop("num_labels", None)
+        if label_names is not None or num_labels is not None:
+            names = resolve_label_names(num_labels, label_names)
+            kwargs["id2label"] = dict(enumerate(names))
+            kwargs["label2id"] = {name: i for i, name in enumerate(names)}
+        problem_type = normalize_problem_type(problem_type)
+        if label_init not in LABEL_INITS:
+            raise ValueError(f"label_init must be one of {LABEL_INITS}, got {label_init!r}")
+        if not 0.0 <= float(label_head_dropout) < 1.0:
+            raise ValueError(f"label_head_dropout must be in [0, 1), got {label_head_dropout!r}")
+        if label_positions not in LABEL_POSITIONS:
+            raise ValueError(f"label_positions must be one of {LABEL_POSITIONS} in this version, got {label_positions!r}")
+        if label_attention not in LABEL_ATTENTIONS:
+            raise ValueError(f"label_attention must be one of {LABEL_ATTENTIONS} in this version, got {label_attention!r}")
+        self.label_init = label_init
+        self.hidden_layer = hidden_layer
+        self.label_head_dropout = float(label_head_dropout)
+        self.label_positions = label_positions
+        self.label_attention = label_attention
+        super().__init__(problem_type=problem_type, **kwargs)
+        if self.problem_type == SINGLE_LABEL and self.num_labels < 2:
+            raise ValueError(
+                f"problem_type={SINGLE_LABEL!r} needs num_labels >= 2 (softmax over one label is constant), "
+                f"got num_labels={self.num_labels}; use {MULTI_LABEL!r} for a single yes/no label"
+            )
+
+    @property
+    def label_names(self) -> list[str]:
+        return [self.id2label[i] for i in range(self.num_labels)]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.hidden_size if hasattr(self.encoder, "hidden_size") else self.encoder.dim
+
+    @property
+    def initializer_range(self) -> float:
+        return getattr(self.encoder, "initializer_range", 0.02)
+
+
+def _truncate_to_hidden_layer(encoder: PretrainedConfig, hidden_layer: int) -> int:
+    """Keep only the encoder layers up to `hidden_layer` (an index into `hidden_states`, 0 = embeddings)
+    and return -1, the index of the new last layer. Layers above it would never be used."""
+    total = encoders.num_layers(encoder)
+    if not isinstance(hidden_layer, int) or isinstance(hidden_layer, bool):
+        raise ValueError(f"hidden_layer must be an int, got {hidden_layer!r}")
+    keep = hidden_layer if hidden_layer >= 0 else total + 1 + hidden_layer
+    if not 1 <= keep <= total:
+        raise ValueError(
+            f"hidden_layer must select one of the encoder's {total} layers (1..{total}, or -{total}..-1 from "
+            f"the top; 0 would be the embeddings, which have not seen the text), got {hidden_layer}"
+        )
+    encoders.set_num_layers(encoder, keep)
+    return -1

@@ -1,0 +1,63 @@
+"""What ltc_fast needs to know about each supported encoder architecture.
+
+The model never re-implements an encoder: it calls the Hugging Face `AutoModel` with `inputs_embeds`
+and explicit `position_ids`. What differs between architectures is only how the *reference* assigns
+default position ids, which config field counts the layers, whether the model has a pooler to drop and
+whether it takes token types. That is all in one table here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PretrainedConfig
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    # "arange": position i for token i (BERT). "after_padding_idx": padding_idx + 1 + i for real
+    # tokens and padding_idx for pad tokens (RoBERTa's create_position_ids_from_input_ids).
+    position_scheme: str
+    num_layers_attr: str
+    has_pooler: bool
+    takes_token_type_ids: bool
+
+
+_BERT_LIKE = EncoderSpec("arange", "num_hidden_layers", has_pooler=True, takes_token_type_ids=True)
+_ROBERTA_LIKE = EncoderSpec("after_padding_idx", "num_hidden_layers", has_pooler=True, takes_token_type_ids=True)
+
+SUPPORTED_ENCODERS: dict[str, EncoderSpec] = {
+    "bert": _BERT_LIKE,
+    "roberta": _ROBERTA_LIKE,
+    "xlm-roberta": _ROBERTA_LIKE,
+    "distilbert": EncoderSpec("arange", "n_layers", has_pooler=False, takes_token_type_ids=False),
+    "electra": EncoderSpec("arange", "num_hidden_layers", has_pooler=False, takes_token_type_ids=True),
+    "deberta-v2": EncoderSpec("arange", "num_hidden_layers", has_pooler=False, takes_token_type_ids=True),
+}
+
+
+def encoder_spec(config: PretrainedConfig) -> EncoderSpec:
+    """The spec of `config`'s architecture, or a ValueError naming the supported ones."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_ENCODERS:
+        raise ValueError(
+            f"encoder architecture {model_type!r} is not supported by ltc_fast; supported model_type values "
+            f"are: {', '.join(sorted(SUPPORTED_ENCODERS))}"
+        )
+    return SUPPORTED_ENCODERS[model_type]
+
+
+def num_layers(config: PretrainedConfig) -> int:
+    return getattr(config, encoder_spec(config).num_layers_attr)
+
+
+def set_num_layers(config: PretrainedConfig, value: int) -> None:
+    setattr(config, encoder_spec(config).num_layers_attr, value)
+
+
+def max_sequence_length(config: PretrainedConfig) -> int:
+    """How many tokens (labels and specials included) one sequence may hold under the default positions."""
+    if encoder_spec(config).position_scheme == "after_padding_idx":
+        # Positions start after padding_idx, so padding_idx + 1 rows of the table are never used.
+        return config.max_position_embeddings - config.pad_token_id - 1
+    return config.max_position_embeddings

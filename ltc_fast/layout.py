@@ -1,0 +1,62 @@
+"""Where [CLS], the label tokens, the text and the padding sit in the encoder's input.
+
+The padded layout is the reference's: `[CLS] [l_0] ... [l_{N-1}] t_1 ... t_k [SEP] pad ...`, i.e. the
+plain tokenized text `[CLS] t_1 ... [SEP] pad ...` with the N label slots inserted after position 0.
+Everything here works on the plain text ids (`[B, T]`) and produces the `[B, T + N]` tensors that go
+to the encoder next to the embeddings; nothing is materialised per label.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LABEL_START = 1  # label i sits at sequence position LABEL_START + i, right after [CLS]
+
+
+def insert_label_slots(per_token: torch.Tensor, num_labels: int, fill) -> torch.Tensor:
+    """`[B, T]` -> `[B, T + N]`: `fill` in the N label slots after position 0."""
+    batch = per_token.shape[0]
+    slots = per_token.new_full((batch, num_labels), fill)
+    return torch.cat([per_token[:, :LABEL_START], slots, per_token[:, LABEL_START:]], dim=1)
+
+
+def reference_position_ids(
+    text_ids: torch.Tensor, num_labels: int, scheme: str, padding_idx: int | None
+) -> torch.Tensor:
+    """The position ids the reference's encoder assigns by default to its `[B, T + N]` input."""
+    batch, text_len = text_ids.shape
+    seq_len = text_len + num_labels
+    if scheme == "arange":
+        return torch.arange(seq_len, device=text_ids.device).expand(batch, seq_len)
+    if scheme == "after_padding_idx":
+        # RoBERTa counts non-pad *ids* (not the attention mask); label ids are never the pad id.
+        not_pad = insert_label_slots(text_ids.ne(padding_idx).long(), num_labels, 1)
+        return torch.cumsum(not_pad, dim=1) * not_pad + padding_idx
+    raise ValueError(f"unknown position scheme {scheme!r}")
+
+
+def label_block_to_text_ids(input_ids: torch.Tensor, num_labels: int, label_token_offset: int) -> torch.Tensor:
+    """Strip the label block from reference-format ids (`[CLS] V..V+N-1 text`), returning plain text ids.
+
+    Raises a ValueError unless every row holds exactly the label ids in order at positions 1..N and no
+    label id anywhere else.
+    """
+    batch, seq_len = input_ids.shape
+    expected = torch.arange(label_token_offset, label_token_offset + num_labels, device=input_ids.device)
+    if seq_len < num_labels + LABEL_START:
+        raise ValueError(
+            f"input_ids hold label-token ids (>= {label_token_offset}) but only {seq_len} positions, fewer than "
+            f"[CLS] plus the {num_labels} label tokens"
+        )
+    block = input_ids[:, LABEL_START:LABEL_START + num_labels]
+    bad_rows = (block != expected).any(dim=1)
+    text_ids = torch.cat([input_ids[:, :LABEL_START], input_ids[:, LABEL_START + num_labels:]], dim=1)
+    if bad_rows.any() or (text_ids >= label_token_offset).any():
+        row = int(bad_rows.nonzero()[0, 0]) if bad_rows.any() else int((text_ids >= label_token_offset).any(1).nonzero()[0, 0])
+        raise ValueError(
+            f"input_ids row {row} holds label-token ids (>= vocabulary size {label_token_offset}) but is not in "
+            f"the reference format: positions {LABEL_START}..{num_labels} must be the label ids "
+            f"{label_token_offset}..{label_token_offset + num_labels - 1} in order and no label id may appear "
+            f"elsewhere; got {input_ids[row].tolist()}"
+        )
+    return text_ids

@@ -1,0 +1,25 @@
+"""The shared label head: one `Linear(H, 1)` applied to the states at the label positions only."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..layout import LABEL_START
+
+
+def label_head_logits(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    num_labels: int,
+    dropout_p: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """`logits[b, i] = weight . dropout(hidden_states[b, LABEL_START + i]) + bias`, shape `[B, N]`.
+
+    The reference projects all `S` positions and slices afterwards; only the N label states matter.
+    """
+    label_states = hidden_states[:, LABEL_START:LABEL_START + num_labels]
+    label_states = F.dropout(label_states, p=dropout_p, training=training)
+    return F.linear(label_states, weight, bias).squeeze(-1)
