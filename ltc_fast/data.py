@@ -1,0 +1,94 @@
+"""Tokenization with the reference's truncation budget, batch collation and the bundled GoEmotions data."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+
+from .config import MULTI_LABEL, normalize_problem_type
+
+
+def tokenize_texts(tokenizer, texts, num_labels: int, max_length: int = 512, padding=False, return_tensors=None):
+    """Tokenize plain texts (special tokens, no label tokens) keeping the reference's budget: the N labels
+    count against `max_length`, so each text keeps at most `max_length - num_labels - 2` word pieces. The
+    model's input is then exactly the reference's with the label block removed."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(num_labels, int) or num_labels < 1:
+        raise ValueError(f"num_labels must be an int >= 1, got {num_labels!r}")
+    special = tokenizer.num_special_tokens_to_add(pair=False)
+    if max_length - num_labels - special < 1:
+        raise ValueError(
+            f"max_length={max_length} leaves no room for text: {num_labels} labels and {special} special tokens "
+            f"already take {num_labels + special} positions"
+        )
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"texts[{i}] must be a string, got {type(text).__name__}")
+    return tokenizer(list(texts), truncation=True, max_length=max_length - num_labels, padding=padding,
+                     return_tensors=return_tensors)
+
+
+@dataclass
+class LabelTokenCollator:
+    """Pads tokenized examples and stacks their labels.
+
+    Each example is a dict with `input_ids` (and optionally `attention_mask`, `token_type_ids`) and
+    `labels`: for multi-label a list of label indices (made multi-hot) or a length-N 0/1 vector; for
+    single-label a class id.
+    """
+
+    tokenizer: object
+    num_labels: int
+    problem_type: str = MULTI_LABEL
+
+    def __post_init__(self):
+        self.problem_type = normalize_problem_type(self.problem_type)
+
+    def __call__(self, examples: list[dict]) -> dict:
+        features = [{k: v for k, v in ex.items() if k != "labels"} for ex in examples]
+        batch = self.tokenizer.pad(features, return_tensors="pt")
+        if all("labels" in ex for ex in examples):
+            batch["labels"] = torch.stack([self._target(ex["labels"]) for ex in examples])
+        return dict(batch)
+
+    def _target(self, labels) -> torch.Tensor:
+        if self.problem_type != MULTI_LABEL:
+            return torch.as_tensor(labels, dtype=torch.long)
+        labels = torch.as_tensor(labels)
+        if labels.dim() == 1 and labels.numel() == self.num_labels and labels.is_floating_point():
+            return labels.float()
+        multi_hot = torch.zeros(self.num_labels)
+        if labels.numel():
+            if labels.min() < 0 or labels.max() >= self.num_labels:
+                raise ValueError(f"label index out of range [0, {self.num_labels - 1}]: {labels.tolist()}")
+            multi_hot[labels.long()] = 1.0
+        return multi_hot
+
+
+# ---------------------------------------------------------------------------- bundled GoEmotions
+GOEMOTIONS_SPLITS = ("train", "dev", "test")
+
+
+def goemotions_label_names() -> list[str]:
+    text = resources.files("ltc_fast").joinpath("datasets/goemotions/labels.txt").read_text(encoding="utf-8")
+    return text.split()
+
+
+def load_goemotions(split: str, limit: int | None = None) -> tuple[list[str], list[list[int]]]:
+    """Texts and label-index lists of a GoEmotions split (bundled, Apache-2.0; see its README)."""
+    if split not in GOEMOTIONS_SPLITS:
+        raise ValueError(f"split must be one of {GOEMOTIONS_SPLITS}, got {split!r}")
+    path = resources.files("ltc_fast").joinpath(f"datasets/goemotions/{split}.tsv.gz")
+    texts, labels = [], []
+    with path.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8", newline="") as f:
+        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            texts.append(row[0])
+            labels.append([int(x) for x in row[1].split(",")])
+            if limit is not None and len(texts) >= limit:
+                break
+    return texts, labels

@@ -1,0 +1,128 @@
+"""Shared fixtures: tiny random encoders of every supported architecture, a tiny offline tokenizer,
+padded batches, and a fresh random seed per test (printed, so a failure can be replayed)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+
+import pytest
+import torch
+from transformers import (BertConfig, BertTokenizerFast, DebertaV2Config, DistilBertConfig, ElectraConfig,
+                          RobertaConfig, XLMRobertaConfig)
+
+import ltc_fast
+from ltc_fast.reference import ReferenceLabelTokenModel
+
+VOCAB = 101  # not a power of two
+HIDDEN = 24  # not a power of two; 2 heads of 12
+
+ENCODER_CONFIGS = {
+    "bert": lambda: BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=3, num_attention_heads=2,
+                               intermediate_size=37, pad_token_id=0),
+    "roberta": lambda: RobertaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=3,
+                                     num_attention_heads=2, intermediate_size=37, pad_token_id=1,
+                                     max_position_embeddings=80),
+    "xlm-roberta": lambda: XLMRobertaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2,
+                                            num_attention_heads=2, intermediate_size=37, pad_token_id=1,
+                                            type_vocab_size=1),
+    "distilbert": lambda: DistilBertConfig(vocab_size=VOCAB, dim=HIDDEN, n_layers=2, n_heads=2, hidden_dim=37,
+                                           pad_token_id=0),
+    # ELECTRA's embedding size differs from its hidden size: label rows live in the embedding space.
+    "electra": lambda: ElectraConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=HIDDEN, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=37, pad_token_id=0),
+    # DeBERTa-v3 style: relative attention, no absolute positions.
+    "deberta-v2": lambda: DebertaV2Config(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2,
+                                          num_attention_heads=2, intermediate_size=37, pad_token_id=0,
+                                          relative_attention=True, position_biased_input=False,
+                                          pos_att_type=["p2c", "c2p"], max_relative_positions=64, type_vocab_size=0),
+}
+ARCHITECTURES = list(ENCODER_CONFIGS)
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"torch/random seed for this test: {seed}")
+    torch.manual_seed(seed)
+    random.seed(seed)
+    return seed
+
+
+def encoder_config(arch: str, **overrides):
+    config = ENCODER_CONFIGS[arch]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def label_names(num_labels: int) -> list[str]:
+    return [f"label{i}" for i in range(num_labels)]
+
+
+def reference_and_ltc(arch: str, num_labels: int, problem_type: str = "multi_label_classification", **cfg):
+    """A random reference model and the ltc_fast model holding exactly the same weights (both eval)."""
+    config = encoder_config(arch, **cfg)
+    names = label_names(num_labels)
+    reference = ReferenceLabelTokenModel.from_config(copy.deepcopy(config), names, problem_type).eval()
+    with torch.no_grad():  # the reference's resize initialises label rows at the vocabulary mean: spread them
+        reference.transformer.get_input_embeddings().weight[VOCAB:].normal_(0, 0.5)
+    model = ltc_fast.AutoModelForTokenSequenceClassification(
+        ltc_fast.LtcConfig(encoder=config, label_names=names, problem_type=problem_type)
+    ).eval()
+    model.load_state_dict(ltc_fast.from_reference_state_dict(reference.state_dict(), num_labels), strict=True)
+    return reference, model
+
+
+def text_batch(batch_size: int, max_len: int, pad_id: int, padded: bool = True):
+    """Plain text ids `[CLS] t... [SEP] pad...` (ids 2/3 stand for CLS/SEP) and their mask; row 0 shortest."""
+    ids = torch.randint(5, VOCAB, (batch_size, max_len))
+    mask = torch.ones_like(ids)
+    lengths = [max_len] * batch_size
+    if padded and batch_size > 1:
+        lengths[0] = max(3, max_len // 2)
+    if padded and batch_size == 1:
+        lengths[0] = max_len  # a single row is never padded by a collator
+    for row, length in enumerate(lengths):
+        ids[row, 0], ids[row, length - 1] = 2, 3
+        ids[row, length:] = pad_id
+        mask[row, length:] = 0
+    return ids, mask
+
+
+def reference_format(text_ids: torch.Tensor, mask: torch.Tensor, num_labels: int):
+    """The reference's input for the same texts: label ids V..V+N-1 after [CLS]."""
+    batch = text_ids.shape[0]
+    block = torch.arange(VOCAB, VOCAB + num_labels).expand(batch, num_labels)
+    ids = torch.cat([text_ids[:, :1], block, text_ids[:, 1:]], dim=1)
+    ref_mask = torch.cat([mask[:, :1], torch.ones(batch, num_labels, dtype=mask.dtype), mask[:, 1:]], dim=1)
+    return ids, ref_mask
+
+
+def random_targets(problem_type: str, batch_size: int, num_labels: int):
+    if problem_type == "multi_label_classification":
+        return (torch.rand(batch_size, num_labels) < 0.3).float()
+    return torch.randint(0, num_labels, (batch_size,))
+
+
+def assert_relative_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str = "",
+                          scale: torch.Tensor | float | None = None):
+    """max |actual - expected| <= tol * scale, with scale = max |expected| by default: relative to the
+    tensor as a whole, so tiny entries cannot break it. Pass the scale of a whole gradient set for
+    tensors whose gradient is zero in exact arithmetic (key biases, the head bias under softmax)."""
+    scale = expected.abs().max() if scale is None else scale
+    error = (actual - expected).abs().max()
+    assert error <= tol * scale, f"{what}: max abs error {error:.3e} > {tol} * {float(scale):.3e}"
+
+
+@pytest.fixture
+def tiny_tokenizer(tmp_path):
+    """An offline WordPiece tokenizer whose vocabulary is exactly VOCAB tokens."""
+    words = ["happy", "sad", "angry", "calm", "the", "a", "is", "not", "very", "day", "food", "good", "bad",
+             "joy", "fear", "love", "##s", "##ly", "##ness", "label"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    vocab += [f"w{i}" for i in range(VOCAB - len(vocab))]
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
