@@ -103,12 +103,13 @@ class LtcConfig(PretrainedConfig):
         self.label_head_dropout = float(label_head_dropout)
         self.label_positions = label_positions
         self.label_attention = label_attention
-        super().__init__(problem_type=problem_type, **kwargs)
-        if self.problem_type == SINGLE_LABEL and self.num_labels < 2:
+        count = len(kwargs.get("id2label") or {})
+        if problem_type == SINGLE_LABEL and count == 1:
             raise ValueError(
                 f"problem_type={SINGLE_LABEL!r} needs num_labels >= 2 (softmax over one label is constant), "
-                f"got num_labels={self.num_labels}; use {MULTI_LABEL!r} for a single yes/no label"
+                f"got num_labels=1; use {MULTI_LABEL!r} for a single yes/no label"
             )
+        super().__init__(problem_type=problem_type, **kwargs)
 
     @property
     def label_names(self) -> list[str]:

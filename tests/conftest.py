@@ -117,12 +117,12 @@ def assert_relative_close(actual: torch.Tensor, expected: torch.Tensor, tol: flo
 
 
 @pytest.fixture
-def tiny_tokenizer(tmp_path):
+def tiny_tokenizer():
     """An offline WordPiece tokenizer whose vocabulary is exactly VOCAB tokens."""
     words = ["happy", "sad", "angry", "calm", "the", "a", "is", "not", "very", "day", "food", "good", "bad",
              "joy", "fear", "love", "##s", "##ly", "##ness", "label"]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
     vocab += [f"w{i}" for i in range(VOCAB - len(vocab))]
-    path = tmp_path / "vocab.txt"
-    path.write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+    assert len(tokenizer) == VOCAB
+    return tokenizer

@@ -1,0 +1,79 @@
+"""Conversion to and from the reference's state dict, save/load, and loading reference checkpoints."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import ltc_fast
+from ltc_fast import AutoModelForTokenSequenceClassification as Model
+from conftest import ARCHITECTURES, VOCAB, reference_and_ltc, reference_format, text_batch
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_reference_to_ltc_to_reference_is_exact(arch):
+    reference, model = reference_and_ltc(arch, 7)
+    original = reference.state_dict()
+    converted = ltc_fast.from_reference_state_dict(original, 7)
+    assert converted["label_embeddings.weight"].shape[0] == 7
+    assert not any(k.startswith("transformer.pooler.") for k in converted), "the unused pooler is dropped"
+    back = ltc_fast.to_reference_state_dict(converted)
+    expected = {k: v for k, v in original.items() if not k.startswith("transformer.pooler.")}
+    assert set(back) == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(back[key], value), key
+    assert set(ltc_fast.to_reference_state_dict(model)) == set(expected), "a model converts like its state dict"
+
+
+@pytest.mark.parametrize("arch", ["bert", "electra", "deberta-v2"])
+def test_save_and_load_round_trip_is_exact(arch, tmp_path):
+    _, model = reference_and_ltc(arch, 5, "single_label_classification")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = Model.from_pretrained(tmp_path)
+    assert loaded.config.label_names == model.config.label_names
+    assert loaded.config.problem_type == "single_label_classification"
+    assert set(loaded.state_dict()) == set(model.state_dict())
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    text_ids, mask = text_batch(3, 8, pad_id=model.config.encoder.pad_token_id)
+    assert torch.equal(loaded(text_ids, mask).logits, model(text_ids, mask).logits)
+
+
+def test_loading_a_checkpoint_checks_the_labels(tmp_path):
+    _, model = reference_and_ltc("bert", 3)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="num_labels=4 disagrees"):
+        Model.from_pretrained(tmp_path, num_labels=4)
+    with pytest.raises(ValueError, match="label_names disagree"):
+        Model.from_pretrained(tmp_path, label_names=["x", "y", "z"])
+
+
+@pytest.mark.parametrize("weights_format", ["pytorch_model.bin", "model.safetensors"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+def test_loads_a_saved_reference_checkpoint(arch, weights_format, tmp_path):
+    reference, _ = reference_and_ltc(arch, 6, "single_label_classification")
+    reference.label_names = [f"name{i}" for i in range(6)]
+    reference.save_pretrained(tmp_path)
+    if weights_format == "model.safetensors":
+        state = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
+        (tmp_path / "pytorch_model.bin").unlink()
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "model.safetensors")
+    model = Model.from_pretrained(tmp_path)
+    assert model.config.label_names == reference.label_names
+    assert model.config.problem_type == "single_label_classification"
+    assert model.transformer.get_input_embeddings().num_embeddings == VOCAB
+    text_ids, mask = text_batch(3, 8, pad_id=model.config.encoder.pad_token_id)
+    ref_ids, ref_mask = reference_format(text_ids, mask, 6)
+    torch.testing.assert_close(model(text_ids, mask).logits, reference(ref_ids, ref_mask)["logits"],
+                               rtol=0, atol=1e-5)
+
+
+def test_hidden_layer_survives_save_and_load(tmp_path):
+    reference, _ = reference_and_ltc("bert", 4)
+    reference.save_pretrained(tmp_path / "ref")
+    model = Model.from_pretrained(tmp_path / "ref", hidden_layer=2)
+    model.save_pretrained(tmp_path / "ltc")
+    loaded = Model.from_pretrained(tmp_path / "ltc")
+    assert len(loaded.transformer.encoder.layer) == 2
+    text_ids, mask = text_batch(2, 6, pad_id=0)
+    assert torch.equal(loaded(text_ids, mask).logits, model(text_ids, mask).logits)

@@ -1,0 +1,32 @@
+"""`hidden_layer=k` feeds the head from layer k, and layers above k are not built or computed."""
+
+import pytest
+import torch
+
+from ltc_fast import AutoModelForTokenSequenceClassification as Model
+from conftest import reference_and_ltc, reference_format, text_batch
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "deberta-v2"])
+@pytest.mark.parametrize("hidden_layer,kept", [(1, 1), (2, 2), (-2, 1), (-1, 2)])
+def test_head_reads_layer_k_and_upper_layers_are_gone(arch, hidden_layer, kept, tmp_path):
+    reference, _ = reference_and_ltc(arch, 5, num_hidden_layers=2, n_layers=2)
+    reference.save_pretrained(tmp_path)
+    model = Model.from_pretrained(tmp_path, hidden_layer=hidden_layer)
+    layers = model.transformer.transformer.layer if arch == "distilbert" else model.transformer.encoder.layer
+    assert len(layers) == kept
+
+    text_ids, mask = text_batch(3, 7, pad_id=model.config.encoder.pad_token_id)
+    ref_ids, ref_mask = reference_format(text_ids, mask, 5)
+    with torch.no_grad():
+        states = reference.transformer(ref_ids, attention_mask=ref_mask, output_hidden_states=True).hidden_states
+        expected = reference.classifier(states[hidden_layer])[:, 1:6, 0]
+    torch.testing.assert_close(model(text_ids, mask).logits, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden_layer", [0, 3, -3, 1.5])
+def test_hidden_layer_out_of_range_is_a_clear_error(hidden_layer, tmp_path):
+    reference, _ = reference_and_ltc("bert", 2, num_hidden_layers=2)
+    reference.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="hidden_layer must"):
+        Model.from_pretrained(tmp_path, hidden_layer=hidden_layer)
