@@ -1,0 +1,93 @@
+"""Training with transformers.Trainer: it learns, and gradient accumulation equals one big batch."""
+
+import copy
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from ltc_fast import AutoModelForTokenSequenceClassification as Model
+from ltc_fast import LtcConfig
+from ltc_fast.data import LabelTokenCollator
+from conftest import encoder_config
+
+NUM_LABELS = 4
+
+
+def _examples(count, problem_type, signal=True):
+    """Texts of random word ids; label i is on when word id 10 + i occurs (a learnable signal)."""
+    examples = []
+    for _ in range(count):
+        ids = torch.randint(30, 100, (int(torch.randint(4, 9, ())),))
+        present = torch.rand(NUM_LABELS) < 0.4
+        if problem_type == "single_label_classification":
+            present = torch.zeros(NUM_LABELS, dtype=torch.bool)
+            present[int(torch.randint(0, NUM_LABELS, ()))] = True
+        if signal:
+            ids[: int(present.sum())] = 10 + present.nonzero().flatten()
+        text = [2] + ids.tolist() + [3]
+        labels = present.nonzero().flatten().tolist()
+        examples.append({"input_ids": text, "labels": labels if problem_type.startswith("multi") else labels[0]})
+    return examples
+
+
+def _model(problem_type, dropout=0.1):
+    config = encoder_config("bert", hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return Model(LtcConfig(encoder=config, num_labels=NUM_LABELS, problem_type=problem_type,
+                           label_head_dropout=dropout))
+
+
+def _args(tmp_path, **overrides):
+    base = dict(output_dir=str(tmp_path), report_to=[], save_strategy="no", use_cpu=True, seed=0,
+                disable_tqdm=True, logging_steps=1, remove_unused_columns=False)
+    return TrainingArguments(**{**base, **overrides})
+
+
+def _mean_loss(model, collator, examples):
+    model.eval()
+    with torch.no_grad():
+        return model(**collator(examples)).loss.item()
+
+
+@pytest.mark.parametrize("problem_type", ["multi_label_classification", "single_label_classification"])
+def test_trainer_learns(problem_type, tmp_path, tiny_tokenizer):
+    model = _model(problem_type, dropout=0.0)
+    collator = LabelTokenCollator(tiny_tokenizer, NUM_LABELS, problem_type)
+    train = _examples(64, problem_type)
+    before = _mean_loss(model, collator, train)
+    args = _args(tmp_path, max_steps=150, per_device_train_batch_size=16, learning_rate=3e-3, warmup_steps=0)
+    Trainer(model=model, args=args, train_dataset=train, data_collator=collator).train()
+    after = _mean_loss(model, collator, train)
+    assert after < 0.8 * before, (before, after)
+
+
+@pytest.mark.parametrize("problem_type,labels_as", [
+    ("multi_label_classification", "indices"),
+    ("single_label_classification", "class_ids"),
+    ("single_label_classification", "one_hot"),
+])
+def test_gradient_accumulation_equals_one_big_batch(problem_type, labels_as, tmp_path, tiny_tokenizer):
+    """3 examples: micro-batches of 2 and 1 with gradient_accumulation_steps=2 must give the same loss and
+    the same update (plain SGD, lr 1, no clipping, no dropout) as one batch of 3."""
+    examples = _examples(3, problem_type)
+    if labels_as == "one_hot":
+        examples = [{**ex, "labels": torch.nn.functional.one_hot(torch.tensor(ex["labels"]), NUM_LABELS).float()}
+                    for ex in examples]
+    initial = _model(problem_type, dropout=0.0)
+    collator = LabelTokenCollator(tiny_tokenizer, NUM_LABELS, problem_type)
+    results = []
+    for batch_size, accumulation in ((2, 2), (3, 1)):
+        model = copy.deepcopy(initial)
+        args = _args(tmp_path / f"b{batch_size}", max_steps=1, per_device_train_batch_size=batch_size,
+                     gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=1.0,
+                     lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0)
+        trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator)
+        trainer.train()
+        loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
+        results.append((loss, {k: v - initial.state_dict()[k] for k, v in model.state_dict().items()}))
+
+    (accumulated_loss, accumulated_step), (big_loss, big_step) = results
+    assert accumulated_loss == pytest.approx(big_loss, rel=1e-5)
+    assert any(step.abs().max() > 0 for step in big_step.values())
+    for name, step in big_step.items():
+        torch.testing.assert_close(accumulated_step[name], step, rtol=1e-4, atol=1e-7, msg=name)
