@@ -221,8 +221,10 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         if labels is not None:
             targets = prepare_targets(labels, self.config.problem_type, logits.shape[0], self.num_labels)
             if num_items_in_batch is not None:
-                # The Trainer counts label *elements*; one-hot rows count N each but are one item.
-                num_items_in_batch = num_items_in_batch * labels.shape[0] / labels.numel()
+                # The Trainer counts label tensor *elements*; the loss averages over loss terms: N per row
+                # for multi-label, 1 per row for single-label (whose one-hot rows count N elements each).
+                loss_terms_per_row = self.num_labels if self.config.problem_type == MULTI_LABEL else 1
+                num_items_in_batch = num_items_in_batch * loss_terms_per_row / targets.label_elements_per_row
         loss, probas = ops.label_loss_and_probas(
             logits,
             None if targets is None else targets.values,

@@ -12,7 +12,7 @@ from .config import MULTI_LABEL
 @dataclass
 class Targets:
     values: torch.Tensor  # float [B, N] (multi-label) or class ids long [B] (single-label)
-    items_per_row: int  # label items per row as the Trainer counts them for `num_items_in_batch`
+    label_elements_per_row: int  # what the Trainer counts per row for `num_items_in_batch`
 
 
 def prepare_targets(labels: torch.Tensor, problem_type: str, batch_size: int, num_labels: int) -> Targets:
@@ -38,7 +38,7 @@ def _multi_label_targets(labels, batch_size, num_labels) -> Targets:
             f"labels for {MULTI_LABEL} must lie in [0, 1], got values from {values.min().item()} to "
             f"{values.max().item()}"
         )
-    return Targets(values, items_per_row=num_labels)
+    return Targets(values, label_elements_per_row=num_labels)
 
 
 def _single_label_targets(labels, batch_size, num_labels) -> Targets:
@@ -61,7 +61,7 @@ def _single_label_targets(labels, batch_size, num_labels) -> Targets:
             f"labels hold class id {int(labels[row])} at row {row}; class ids must be in [0, {num_labels - 1}] "
             f"(num_labels={num_labels})"
         )
-    return Targets(labels.long(), items_per_row=1)
+    return Targets(labels.long(), label_elements_per_row=1)
 
 
 def _from_one_hot(labels, batch_size, num_labels) -> Targets:
@@ -79,4 +79,4 @@ def _from_one_hot(labels, batch_size, num_labels) -> Targets:
             f"labels row {row} is not one-hot: single_label_classification takes class ids [batch_size] or "
             f"rows with exactly one 1 and zeros elsewhere, got {labels[row].tolist()}"
         )
-    return Targets(values.argmax(dim=1), items_per_row=num_labels)
+    return Targets(values.argmax(dim=1), label_elements_per_row=num_labels)

@@ -87,6 +87,7 @@ def test_gradient_accumulation_equals_one_big_batch(problem_type, labels_as, tmp
         results.append((loss, {k: v - initial.state_dict()[k] for k, v in model.state_dict().items()}))
 
     (accumulated_loss, accumulated_step), (big_loss, big_step) = results
+    assert big_loss == pytest.approx(_mean_loss(initial, collator, examples), rel=1e-5), "the plain mean loss"
     assert accumulated_loss == pytest.approx(big_loss, rel=1e-5)
     assert any(step.abs().max() > 0 for step in big_step.values())
     for name, step in big_step.items():
