@@ -4,6 +4,7 @@ from transformers import AutoConfig
 
 from .checkpoints import from_reference_state_dict, to_reference_state_dict
 from .config import LtcConfig
+from .data import LabelTokenCollator, tokenize_texts
 from .modeling import AutoModelForTokenSequenceClassification, LabelTokenClassifierOutput
 
 AutoConfig.register(LtcConfig.model_type, LtcConfig, exist_ok=True)
@@ -13,7 +14,9 @@ __version__ = "0.1.0"
 __all__ = [
     "AutoModelForTokenSequenceClassification",
     "LabelTokenClassifierOutput",
+    "LabelTokenCollator",
     "LtcConfig",
     "from_reference_state_dict",
     "to_reference_state_dict",
+    "tokenize_texts",
 ]

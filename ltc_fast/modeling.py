@@ -89,8 +89,6 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         if isinstance(found, LtcConfig):
             model = cls._from_ltc_checkpoint(path, found, num_labels, label_names, problem_type)
         else:
-            if attn_implementation is not None:
-                found._attn_implementation = attn_implementation
             for key, value in encoder_config_overrides.items():
                 setattr(found, key, value)
             options = dict(problem_type=problem_type, label_init=label_init, hidden_layer=hidden_layer,
@@ -99,6 +97,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                 model = cls._from_reference_checkpoint(path, found, num_labels, label_names, options)
             else:
                 model = cls._from_encoder(path, found, num_labels, label_names, options, tokenizer)
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)  # HF's own switch, sub-models included
         if dtype is not None:
             model.to(dtype)
         return model.eval()

