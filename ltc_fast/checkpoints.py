@@ -21,7 +21,7 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-def _word_embeddings_key(state_dict) -> str:
+def word_embeddings_key(state_dict) -> str:
     keys = [k for k in state_dict if k.startswith("transformer.") and k.endswith(WORD_EMBEDDINGS_SUFFIX)]
     if len(keys) != 1:
         raise ValueError(
@@ -33,7 +33,7 @@ def _word_embeddings_key(state_dict) -> str:
 def from_reference_state_dict(state_dict: dict[str, torch.Tensor], num_labels: int) -> dict[str, torch.Tensor]:
     """The reference model's state dict -> ltc_fast's: the last `num_labels` word-embedding rows become
     `label_embeddings.weight`; the pooler (unused by the method) is dropped. Tensors are not copied."""
-    word_key = _word_embeddings_key(state_dict)
+    word_key = word_embeddings_key(state_dict)
     words = state_dict[word_key]
     if not isinstance(num_labels, int) or not 1 <= num_labels < words.shape[0]:
         raise ValueError(
@@ -51,7 +51,7 @@ def to_reference_state_dict(model) -> dict[str, torch.Tensor]:
     embeddings. The reference's pooler is not part of the method's function and is not produced."""
     state_dict = model.state_dict() if hasattr(model, "state_dict") else dict(model)
     converted = {k: v for k, v in state_dict.items() if k != LABEL_EMBEDDINGS_KEY}
-    word_key = _word_embeddings_key(converted)
+    word_key = word_embeddings_key(converted)
     converted[word_key] = torch.cat([state_dict[word_key], state_dict[LABEL_EMBEDDINGS_KEY]], dim=0)
     return converted
 

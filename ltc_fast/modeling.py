@@ -8,6 +8,7 @@ Labels never appear in `input_ids`; reference-format ids (label ids in positions
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -16,8 +17,10 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from . import checkpoints, encoders, layout, ops
-from .config import MULTI_LABEL, LtcConfig, resolve_label_names
+from .config import MULTI_LABEL, LtcConfig, normalize_problem_type, resolve_label_names
 from .targets import prepare_targets
+
+_LAYER_INDEX = re.compile(r"^transformer\.(?:encoder|transformer)\.layer\.(\d+)\.")
 
 
 @dataclass
@@ -86,11 +89,11 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         """
         path = str(pretrained_model_name_or_path)
         found = AutoConfig.from_pretrained(path)
+        for key, value in encoder_config_overrides.items():
+            setattr(found.encoder if isinstance(found, LtcConfig) else found, key, value)
         if isinstance(found, LtcConfig):
             model = cls._from_ltc_checkpoint(path, found, num_labels, label_names, problem_type)
         else:
-            for key, value in encoder_config_overrides.items():
-                setattr(found, key, value)
             options = dict(problem_type=problem_type, label_init=label_init, hidden_layer=hidden_layer,
                            label_head_dropout=label_head_dropout)
             if checkpoints.is_reference_checkpoint(path):
@@ -112,7 +115,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             raise ValueError(f"label_names disagree with the checkpoint at {path!r}: given {list(label_names)}, "
                              f"saved {config.label_names}")
         if problem_type is not None:
-            config.problem_type = LtcConfig(encoder=None, problem_type=problem_type).problem_type
+            config.problem_type = normalize_problem_type(problem_type)
         model = cls(config)
         model.load_state_dict(checkpoints.load_state_dict(path), strict=True)
         return model
@@ -124,16 +127,14 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             label_names = saved_names
         names = resolve_label_names(num_labels, label_names)
         state = checkpoints.from_reference_state_dict(checkpoints.load_state_dict(path), len(names))
-        encoder_config.vocab_size = state[checkpoints._word_embeddings_key(state)].shape[0]
+        encoder_config.vocab_size = state[checkpoints.word_embeddings_key(state)].shape[0]
         if options["problem_type"] is None:
             options["problem_type"] = encoder_config.problem_type
         model = cls(LtcConfig(encoder=encoder_config, label_names=names, **options))
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        if missing:
-            raise ValueError(f"the reference checkpoint at {path!r} lacks weights the model needs: {missing[:8]}")
-        # Keys of encoder layers above `hidden_layer` are not part of the model; nothing else may be left.
-        model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
+        # Weights of encoder layers above `hidden_layer` are not part of the model; nothing else may be left.
+        kept_layers = encoders.num_layers(model.config.encoder)
+        above = [k for k in state if (m := _LAYER_INDEX.search(k)) and int(m.group(1)) >= kept_layers]
+        model.load_state_dict({k: v for k, v in state.items() if k not in above}, strict=True)
         return model
 
     @classmethod
