@@ -2,7 +2,9 @@
 beside a CLS-head baseline (`AutoModelForSequenceClassification`) trained the same way; print dev
 metrics, save the model, reload it and show a prediction.
 
-    python -m ltc_fast.demo [--train-size 3000] [--epochs 3] [--out demo_output]
+    python -m ltc_fast.demo [--train-size 2400] [--epochs 2] [--out demo_output]
+
+The defaults (300 optimizer steps) finish in about 5 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -70,12 +72,12 @@ def train_and_evaluate(model, name, train, dev, collator, args) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="encoder path or name (default: the bundled all-MiniLM-L6-v2)")
-    parser.add_argument("--train-size", type=int, default=3000, help="GoEmotions train examples (random subset)")
+    parser.add_argument("--train-size", type=int, default=2400, help="GoEmotions train examples (random subset)")
     parser.add_argument("--dev-size", type=int, default=1000, help="GoEmotions dev examples (random subset)")
-    parser.add_argument("--epochs", type=float, default=3.0)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per example, labels included")
+    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--max-length", type=int, default=64, help="tokens per example, labels included")
     parser.add_argument("--label-init", default="label_name", choices=["random", "avg", "label_name", "cls"])
     parser.add_argument("--threshold", type=float, default=0.3, help="probability above which a label is predicted")
     parser.add_argument("--seed", type=int, default=0)

@@ -51,5 +51,5 @@ def provenance() -> dict:
         "transformers": transformers.__version__,
         "triton": triton_version,
         "commit": _commit(),
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "command": " ".join(["python", *sys.orig_argv[1:]]),  # orig_argv keeps "-m module"
     }
