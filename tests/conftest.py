@@ -126,3 +126,13 @@ def tiny_tokenizer():
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
     assert len(tokenizer) == VOCAB
     return tokenizer
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip cleanly on machines without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
