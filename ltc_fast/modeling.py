@@ -66,6 +66,16 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
 
     # ------------------------------------------------------------------ loading
     @classmethod
+    def from_config(cls, config, **options) -> "AutoModelForTokenSequenceClassification":
+        """A randomly initialised model from an `LtcConfig`, or from an encoder config plus the options of
+        `LtcConfig` (`num_labels`, `label_names`, `problem_type`, `hidden_layer`, ...)."""
+        if isinstance(config, LtcConfig):
+            if options:
+                raise ValueError(f"options {sorted(options)} go into the LtcConfig itself, not beside it")
+            return cls(config)
+        return cls(LtcConfig(encoder=config, **options))
+
+    @classmethod
     def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | os.PathLike,

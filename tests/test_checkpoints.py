@@ -89,3 +89,14 @@ def test_attention_implementation_can_be_chosen(attn_implementation, tmp_path):
         loaded = Model.from_pretrained(path, attn_implementation=attn_implementation)
         assert loaded.transformer.config._attn_implementation == attn_implementation
         torch.testing.assert_close(loaded(text_ids, mask).logits, model(text_ids, mask).logits, rtol=0, atol=1e-5)
+
+
+def test_from_config_builds_a_random_model():
+    from conftest import encoder_config
+    model = Model.from_config(encoder_config("electra"), label_names=["a", "b"], hidden_layer=1)
+    assert model.config.label_names == ["a", "b"] and len(model.transformer.encoder.layer) == 1
+    assert model.label_embeddings.weight.shape == (2, 16)  # ELECTRA's embedding size, not its hidden size
+    again = Model.from_config(model.config)
+    assert again.config.label_names == ["a", "b"]
+    with pytest.raises(ValueError, match=r"options \['num_labels'\] go into the LtcConfig"):
+        Model.from_config(model.config, num_labels=3)
