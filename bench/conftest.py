@@ -1,0 +1,100 @@
+"""`pytest bench/ --benchmark`: real workload sizes, timed rounds (pytest-benchmark), results written to
+`bench/results/<device>-<date>-<commit>.json` and ltc_fast/reference ratios printed.
+`pytest bench/`: tiny sizes, each bench run once untimed (a smoke test, run by CI)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from ltc_fast.provenance import provenance
+
+from .contenders import BASELINE
+from .measure import bf16_matmul_peak_flops
+from .workloads import TINY_WORKLOADS, WORKLOADS, roberta_base_config, tiny_roberta_config
+
+RESULTS_DIR = Path(__file__).with_name("results")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("ltc_fast benchmarks")
+    group.addoption("--benchmark", action="store_true", default=False,
+                    help="real workload sizes and timing; writes bench/results/*.json (default: tiny smoke run)")
+    group.addoption("--bench-rounds", type=int, default=3, help="timed rounds per bench (after one warm-up)")
+
+
+def pytest_configure(config):
+    if not config.getoption("--benchmark"):
+        config.option.benchmark_disable = True  # pytest-benchmark then calls each bench once, untimed
+
+
+@dataclass
+class BenchSession:
+    real_sizes: bool
+    rounds: int
+    device: torch.device
+    records: list = field(default_factory=list)
+    peak_flops: float | None = None
+
+    def workload(self, workload_id):
+        return (WORKLOADS if self.real_sizes else TINY_WORKLOADS)[workload_id]
+
+    def encoder_config(self):
+        return roberta_base_config() if self.real_sizes else tiny_roberta_config()
+
+    @property
+    def autocast_dtype(self):
+        return torch.bfloat16 if self.device.type == "cuda" else None  # bf16 on GPU, fp32 on CPU
+
+
+@pytest.fixture(scope="session")
+def bench_session(request) -> BenchSession:
+    real = request.config.getoption("--benchmark")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    session = BenchSession(real, request.config.getoption("--bench-rounds"), device)
+    if real:
+        session.peak_flops = bf16_matmul_peak_flops(device)
+    request.config._ltc_bench_session = session
+    return session
+
+
+def _results_path(meta) -> Path:
+    device = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")[:40]
+    date = datetime.date.today().isoformat()
+    return RESULTS_DIR / f"{device}-{date}-{(meta['commit'] or 'nocommit')[:8]}.json"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    bench = getattr(session.config, "_ltc_bench_session", None)
+    if bench is None or not bench.real_sizes or not bench.records:
+        return
+    meta = provenance()
+    meta["bf16_matmul_peak_tflops"] = None if bench.peak_flops is None else bench.peak_flops / 1e12
+    path = _results_path(meta)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"provenance": meta, "records": bench.records}, indent=1))
+    session.config._ltc_results_path = path
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    bench = getattr(config, "_ltc_bench_session", None)
+    if bench is None or not bench.records:
+        return
+    terminalreporter.section("ltc_fast / reference (SDPA): speed-up and memory ratio")
+    by_key = {(r["workload"], r["mode"], r["contender"]): r for r in bench.records if r.get("median_s")}
+    for (workload, mode, contender), record in sorted(by_key.items()):
+        baseline = by_key.get((workload, mode, BASELINE))
+        if contender != "ltc_fast" or baseline is None:
+            continue
+        terminalreporter.write_line(
+            f"{workload} {mode:5}: {baseline['median_s'] / record['median_s']:.2f}x faster, "
+            f"peak memory {record['peak_mib'] / max(baseline['peak_mib'], 1e-9):.2f}x of the reference's")
+    path = getattr(config, "_ltc_results_path", None)
+    if path:
+        terminalreporter.write_line(f"results: {path}")

@@ -1,0 +1,60 @@
+"""The models compared by the end-to-end benches, built from one encoder config, and their batches.
+
+Every contender sees the same texts (same lengths, same token ids) and the same multi-label targets;
+the reference additionally carries the N label ids in every row, as it does in real use.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from ltc_fast import AutoModelForTokenSequenceClassification, LtcConfig
+from ltc_fast.reference import ReferenceLabelTokenModel
+
+CONTENDERS = ("reference-eager", "reference-sdpa", "cls-head", "ltc_fast")
+BASELINE = "reference-sdpa"
+
+
+@dataclass
+class Batch:
+    inputs: dict  # keyword arguments of the model's forward
+    text_tokens: int  # real (non-pad) text tokens, specials included, labels excluded
+
+
+def build_model(contender: str, encoder_config, num_labels: int) -> torch.nn.Module:
+    config = copy.deepcopy(encoder_config)
+    names = [f"label{i}" for i in range(num_labels)]
+    if contender.startswith("reference-"):
+        config._attn_implementation = contender.removeprefix("reference-")
+        model = ReferenceLabelTokenModel.from_config(config, names)
+        model.transformer.set_attn_implementation(contender.removeprefix("reference-"))
+        return model
+    if contender == "cls-head":
+        config.num_labels, config.problem_type = num_labels, "multi_label_classification"
+        return AutoModelForSequenceClassification.from_config(config)
+    if contender == "ltc_fast":
+        return AutoModelForTokenSequenceClassification(LtcConfig(encoder=config, label_names=names))
+    raise ValueError(f"unknown contender {contender!r}; expected one of {CONTENDERS}")
+
+
+def make_batch(contender: str, lengths: list[int], num_labels: int, vocab_size: int, pad_id: int,
+               generator: torch.Generator, device) -> Batch:
+    """Right-padded `[CLS] text [SEP]` rows (ids 0 and 2 as <s>/</s>), label ids inserted for the reference."""
+    batch, width = len(lengths), max(lengths)
+    ids = torch.randint(3, vocab_size, (batch, width), generator=generator)
+    mask = torch.zeros(batch, width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        ids[row, 0], ids[row, length - 1] = 0, 2
+        ids[row, length:] = pad_id
+        mask[row, :length] = 1
+    targets = (torch.rand(batch, num_labels, generator=generator) < 0.1).float()
+    if contender.startswith("reference-"):
+        block = torch.arange(vocab_size, vocab_size + num_labels).expand(batch, -1)
+        ids = torch.cat([ids[:, :1], block, ids[:, 1:]], dim=1)
+        mask = torch.cat([mask[:, :1], torch.ones(batch, num_labels, dtype=torch.long), mask[:, 1:]], dim=1)
+    inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": targets.to(device)}
+    return Batch(inputs, text_tokens=sum(lengths))

@@ -1,0 +1,84 @@
+"""Measurements shared by the benches: peak memory, FLOPs of a step, the bf16 matmul peak."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import threading
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory over a `with` block, in MiB: `torch.cuda.max_memory_allocated` on CUDA; on the CPU the
+    peak resident set size above the level at entry, sampled every millisecond by a thread."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mib = 0.0
+
+    @staticmethod
+    def _rss_bytes() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            # Hand memory freed by earlier benches back to the OS, so RSS growth is this bench's own.
+            gc.collect()
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            self._base = self._peak = self._rss_bytes()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self._peak = max(self._peak, self._rss_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, self._rss_bytes())
+        self.peak_mib = (peak - self._base) / 2**20 if self.device.type != "cuda" else peak / 2**20
+        return False
+
+
+def count_flops(step) -> int:
+    """Floating-point operations of one call of `step` (matmuls and attention, as PyTorch counts them)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def bf16_matmul_peak_flops(device: torch.device, size: int = 8192, repeats: int = 20) -> float | None:
+    """The achieved bf16 matrix-multiply rate on this device, the denominator of MFU (GPU only)."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start)

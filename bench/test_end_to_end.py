@@ -1,0 +1,76 @@
+"""End-to-end benches W1-W5: train step (forward, backward, AdamW) and inference, for the reference
+(eager and SDPA attention), a [CLS]-head AutoModelForSequenceClassification and ltc_fast."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from .contenders import CONTENDERS, build_model, make_batch
+from .measure import PeakMemory, count_flops, synchronize
+from .workloads import WORKLOADS
+
+
+def _step(model, batch, mode, session):
+    device = session.device
+    autocast = (torch.autocast(device.type, dtype=session.autocast_dtype) if session.autocast_dtype
+                else contextlib.nullcontext())
+    if mode == "train":
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def step():
+            with autocast:
+                loss = model(**batch.inputs)["loss"]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            synchronize(device)
+    else:
+        model.eval()
+        inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
+
+        def step():
+            with torch.inference_mode(), autocast:
+                model(**inputs)
+            synchronize(device)
+    return step
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+@pytest.mark.parametrize("contender", CONTENDERS)
+@pytest.mark.parametrize("workload_id", list(WORKLOADS))
+def test_end_to_end(benchmark, bench_session, workload_id, contender, mode):
+    workload = bench_session.workload(workload_id)
+    if workload.needs:
+        pytest.skip(f"{workload_id} needs {workload.needs}")
+    config = bench_session.encoder_config()
+    generator = torch.Generator().manual_seed(int(workload_id[1:]))  # the same data for every contender
+    lengths = workload.text_lengths(generator)
+    device = bench_session.device
+    with PeakMemory(device) as memory:
+        model = build_model(contender, config, workload.num_labels).to(device)
+        batch = make_batch(contender, lengths, workload.num_labels, config.vocab_size, config.pad_token_id,
+                           generator, device)
+        step = _step(model, batch, mode, bench_session)
+        flops = count_flops(step) if bench_session.real_sizes and device.type == "cuda" else None
+        benchmark.group = f"{workload_id} {mode}"
+        benchmark.pedantic(step, rounds=bench_session.rounds, warmup_rounds=1, iterations=1)
+    if benchmark.disabled:
+        return
+    stats = benchmark.stats.stats
+    record = {
+        "workload": workload_id, "num_labels": workload.num_labels, "batch_size": workload.batch_size,
+        "text_tokens": batch.text_tokens, "mode": mode, "contender": contender,
+        "median_s": stats.median, "iqr_s": stats.iqr, "min_s": stats.min, "max_s": stats.max,
+        "rounds": stats.rounds, "examples_per_s": workload.batch_size / stats.median,
+        "text_tokens_per_s": batch.text_tokens / stats.median, "peak_mib": memory.peak_mib,
+        "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else
+                            "CPU RSS growth over the bench (model, optimizer, activations)",
+        "flops": flops,
+        "mfu": flops / stats.median / bench_session.peak_flops if flops and bench_session.peak_flops else None,
+    }
+    benchmark.extra_info.update(record)
+    bench_session.records.append(record)
