@@ -53,10 +53,11 @@ class LabelTokenCollator:
         features = [{k: v for k, v in ex.items() if k != "labels"} for ex in examples]
         batch = self.tokenizer.pad(features, return_tensors="pt")
         if all("labels" in ex for ex in examples):
-            batch["labels"] = torch.stack([self._target(ex["labels"]) for ex in examples])
+            batch["labels"] = torch.stack([self.target(ex["labels"]) for ex in examples])
         return dict(batch)
 
-    def _target(self, labels) -> torch.Tensor:
+    def target(self, labels) -> torch.Tensor:
+        """One example's labels as the loss takes them: a multi-hot float row, or a class id."""
         if self.problem_type != MULTI_LABEL:
             return torch.as_tensor(labels, dtype=torch.long)
         labels = torch.as_tensor(labels)

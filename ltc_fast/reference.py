@@ -31,12 +31,13 @@ def add_label_tokens(tokenizer, label_names: list[str]) -> list[int]:
     return tokenizer.convert_tokens_to_ids(tokens)
 
 
-def reference_tokenize(tokenizer, texts: list[str], label_names: list[str], max_length: int = 512):
+def reference_tokenize(tokenizer, texts: list[str], label_names: list[str], max_length: int = 512,
+                       padding=True, return_tensors="pt"):
     """The reference's input: the label tokens as a string prefix of each text, right-truncated to
-    `max_length` with the labels counting against it, padded to the longest row."""
+    `max_length` with the labels counting against it (padded to the longest row by default)."""
     prefix = "".join(label_tokens(label_names))
     return tokenizer([prefix + text for text in texts], truncation=True, max_length=max_length,
-                     padding=True, return_tensors="pt")
+                     padding=padding, return_tensors=return_tensors)
 
 
 class ReferenceLabelTokenModel(nn.Module):

@@ -1,0 +1,108 @@
+"""Render benchmark results: a markdown table (ratios against the reference with SDPA) and a PNG plot
+of throughput and peak memory against the number of labels (log scale).
+
+    python -m bench.report                      # newest bench/results/*.json, table to stdout, plot beside it
+    python -m bench.report FILE.json --readme   # also rewrite the README's benchmark section
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .contenders import BASELINE, CONTENDERS
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+RESULTS_DIR = Path(__file__).with_name("results")
+
+
+def replace_readme_section(name: str, text: str, readme: Path = README) -> None:
+    """Replace what stands between `<!-- name:start -->` and `<!-- name:end -->` in the README."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    content = readme.read_text()
+    if start not in content or end not in content:
+        raise ValueError(f"{readme} has no {start} ... {end} section to fill")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
+
+
+def newest_results() -> Path:
+    files = sorted((p for p in RESULTS_DIR.glob("*.json") if not p.name.startswith("accuracy-")),
+                   key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise SystemExit(f"no results in {RESULTS_DIR}: run `pytest bench/ --benchmark` first")
+    return files[-1]
+
+
+def markdown_table(results: dict, link: str) -> str:
+    meta = results["provenance"]
+    records = {(r["workload"], r["mode"], r["contender"]): r for r in results["records"]}
+    lines = [
+        f"Measured on {meta['device']}, torch {meta['torch']}, transformers {meta['transformers']}, commit "
+        f"`{(meta['commit'] or '?')[:8]}`, with `{meta['command']}` ([JSON]({link})). Ratios are against "
+        f"`{BASELINE}` in the same run: speed-up = its median time / this one's; memory = this one's peak / its.",
+        "",
+        "| workload | N | B | step | model | median s | spread (IQR) s | examples/s | text tokens/s | peak MiB "
+        "| speed-up | memory |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (workload, mode, contender), r in sorted(records.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], CONTENDERS.index(kv[0][2]))):
+        base = records.get((workload, mode, BASELINE))
+        speed = f"{base['median_s'] / r['median_s']:.2f}x" if base else "-"
+        memory = f"{r['peak_mib'] / base['peak_mib']:.2f}x" if base and base["peak_mib"] > 0 else "-"
+        lines.append(
+            f"| {workload} | {r['num_labels']} | {r['batch_size']} | {mode} | {contender} | {r['median_s']:.3f} "
+            f"| {r['iqr_s']:.3f} | {r['examples_per_s']:.2f} | {r['text_tokens_per_s']:.0f} | {r['peak_mib']:.0f} "
+            f"| {speed} | {memory} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for contender in CONTENDERS:
+        rows = sorted((r for r in results["records"] if r["contender"] == contender and r["mode"] == "train"),
+                      key=lambda r: r["num_labels"])
+        if not rows:
+            continue
+        labels = [r["num_labels"] for r in rows]
+        axes[0].plot(labels, [r["examples_per_s"] for r in rows], marker="o", label=contender)
+        axes[1].plot(labels, [r["peak_mib"] for r in rows], marker="o", label=contender)
+    for axis, title in zip(axes, ("train step throughput (examples/s)", "peak memory of a train step (MiB)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("number of labels N (workloads W1-W5)")
+        axis.set_title(title)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(results["provenance"]["device"], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="?", type=Path, help="a bench/results/*.json (default: the newest)")
+    parser.add_argument("--readme", action="store_true", help="rewrite the README's benchmark section")
+    args = parser.parse_args(argv)
+    path = (args.results or newest_results()).resolve()
+    results = json.loads(path.read_text())
+    png = path.with_suffix(".png")
+    plot(results, png)
+    link = path.relative_to(README.parent).as_posix()
+    table = markdown_table(results, link) + f"\n\n![throughput and memory against N]({png.relative_to(README.parent).as_posix()})"
+    print(table)
+    if args.readme:
+        replace_readme_section("bench-table", table)
+
+
+if __name__ == "__main__":
+    main()

