@@ -64,6 +64,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.ticker
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -75,10 +76,14 @@ def plot(results: dict, path: Path) -> None:
         labels = [r["num_labels"] for r in rows]
         axes[0].plot(labels, [r["examples_per_s"] for r in rows], marker="o", label=contender)
         axes[1].plot(labels, [r["peak_mib"] for r in rows], marker="o", label=contender)
+    ticks = sorted({(r["num_labels"], r["workload"]) for r in results["records"]})
     for axis, title in zip(axes, ("train step throughput (examples/s)", "peak memory of a train step (MiB)")):
         axis.set_xscale("log")
         axis.set_yscale("log")
-        axis.set_xlabel("number of labels N (workloads W1-W5)")
+        axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        axis.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.set_xticks([n for n, _ in ticks], [f"{n}\n{w}" for n, w in ticks])
+        axis.set_xlabel("number of labels N (workload; T and B differ per workload)")
         axis.set_title(title)
         axis.grid(True, which="both", alpha=0.3)
     axes[0].legend()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import subprocess
 import sys
 
@@ -51,5 +52,5 @@ def provenance() -> dict:
         "transformers": transformers.__version__,
         "triton": triton_version,
         "commit": _commit(),
-        "command": " ".join(["python", *sys.orig_argv[1:]]),  # orig_argv keeps "-m module"
+        "command": shlex.join(["python", *sys.orig_argv[1:]]),  # orig_argv keeps "-m module"
     }
