@@ -69,6 +69,7 @@ def _models_and_examples(seed, model_path, names, splits, max_length):
 
 
 def run(args) -> dict:
+    meta = provenance()  # taken first: the commit whose code runs, not whatever HEAD is at the end
     model_path = args.model or bundled_minilm_path()
     names = goemotions_label_names()
     splits = _splits(args)
@@ -88,7 +89,7 @@ def run(args) -> dict:
                       for split in ("dev", "test") for metric in METRICS}
                | {"wall_seconds": _mean_std([r["wall_seconds"] for r in rows])}
                for name, rows in runs.items()}
-    return {"provenance": provenance(), "args": vars(args), "sizes": {s: len(t) for s, (t, _) in splits.items()},
+    return {"provenance": meta, "args": vars(args), "sizes": {s: len(t) for s, (t, _) in splits.items()},
             "runs": runs, "summary": summary}
 
 

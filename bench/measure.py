@@ -31,13 +31,12 @@ class PeakMemory:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     def __enter__(self):
+        gc.collect()  # earlier benches' models must not count against this one
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
         else:
             # Hand memory freed by earlier benches back to the OS, so RSS growth is this bench's own.
-            gc.collect()
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             self._base = self._peak = self._rss_bytes()
             self._stop = threading.Event()
@@ -57,7 +56,8 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             peak = max(self._peak, self._rss_bytes())
-        self.peak_mib = (peak - self._base) / 2**20 if self.device.type != "cuda" else peak / 2**20
+            peak -= self._base
+        self.peak_mib = peak / 2**20
         return False
 
 

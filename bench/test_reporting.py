@@ -52,3 +52,12 @@ def test_accuracy_report_runs_on_a_tiny_budget(tmp_path, monkeypatch):
         assert all(0.0 <= r["test"]["micro_f1"] <= 1.0 for r in rows)
     (written,) = tmp_path.glob("accuracy-*.json")
     assert json.loads(written.read_text())["summary"] == result["summary"]
+
+
+def test_interleaved_ab_times_both_contenders():
+    from . import interleaved
+
+    result = interleaved.main(["W3", "--layers", "1", "--rounds", "1"])
+    assert set(result["medians"]) == {"reference-sdpa", "ltc_fast"}
+    for parts in result["medians"].values():
+        assert set(parts) == {"forward_s", "backward_s", "optimizer_s"} and all(v > 0 for v in parts.values())
