@@ -14,6 +14,9 @@ LABEL_INITS = ("random", "avg", "label_name", "cls")
 # Later issues add "shared" positions and "decoupled" attention; the defaults reproduce the reference.
 LABEL_POSITIONS = ("reference",)
 LABEL_ATTENTIONS = ("full",)
+# "auto": each op's fast kernel where it applies (Triton on CUDA, the C++ loss extension when built);
+# "torch": the plain-PyTorch twins everywhere (also forced by LTC_FAST_BACKEND=torch).
+OPS_BACKENDS = ("auto", "torch")
 
 
 def normalize_problem_type(problem_type: str | None) -> str:
@@ -75,6 +78,7 @@ class LtcConfig(PretrainedConfig):
         label_head_dropout: float = 0.1,
         label_positions: str = "reference",
         label_attention: str = "full",
+        ops_backend: str = "auto",
         **kwargs,
     ):
         if isinstance(encoder, dict):
@@ -98,7 +102,10 @@ class LtcConfig(PretrainedConfig):
             raise ValueError(f"label_positions must be one of {LABEL_POSITIONS} in this version, got {label_positions!r}")
         if label_attention not in LABEL_ATTENTIONS:
             raise ValueError(f"label_attention must be one of {LABEL_ATTENTIONS} in this version, got {label_attention!r}")
+        if ops_backend not in OPS_BACKENDS:
+            raise ValueError(f"ops_backend must be one of {OPS_BACKENDS}, got {ops_backend!r}")
         self.label_init = label_init
+        self.ops_backend = ops_backend
         self.hidden_layer = hidden_layer
         self.label_head_dropout = float(label_head_dropout)
         self.label_positions = label_positions

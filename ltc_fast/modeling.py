@@ -227,6 +227,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             self.num_labels,
             dropout_p=self.config.label_head_dropout,
             training=self.training,
+            backend=self.config.ops_backend,
         )
         targets = None
         if labels is not None:
@@ -241,6 +242,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             None if targets is None else targets.values,
             multi_label=self.config.problem_type == MULTI_LABEL,
             num_items_in_batch=num_items_in_batch,
+            backend=self.config.ops_backend,
         )
         return LabelTokenClassifierOutput(
             loss=loss,
@@ -285,7 +287,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         words = self.transformer.get_input_embeddings()
         inputs = {
             "inputs_embeds": ops.inject_label_embeddings(
-                text_ids, words.weight, self.label_embeddings.weight, padding_idx=words.padding_idx
+                text_ids, words.weight, self.label_embeddings.weight, padding_idx=words.padding_idx,
+                backend=self.config.ops_backend,
             ),
             "attention_mask": layout.insert_label_slots(attention_mask, self.num_labels, 1),
             "position_ids": layout.reference_position_ids(

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layout import LABEL_START
+from .dispatch import resolve_backend
 
 
 def label_head_logits(
@@ -15,11 +16,14 @@ def label_head_logits(
     num_labels: int,
     dropout_p: float = 0.0,
     training: bool = False,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """`logits[b, i] = weight . dropout(hidden_states[b, LABEL_START + i]) + bias`, shape `[B, N]`.
 
     The reference projects all `S` positions and slices afterwards; only the N label states matter.
+    `backend`: see `ltc_fast.ops.dispatch`.
     """
+    resolve_backend("label_head_logits", backend, "triton", False, "no Triton kernel in this version")
     label_states = hidden_states[:, LABEL_START:LABEL_START + num_labels]
     label_states = F.dropout(label_states, p=dropout_p, training=training)
     return F.linear(label_states, weight, bias).squeeze(-1)

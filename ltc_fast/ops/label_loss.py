@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .dispatch import resolve_backend
+
 
 def label_loss_and_probas(
     logits: torch.Tensor,
     targets: torch.Tensor | None,
     multi_label: bool,
     num_items_in_batch: torch.Tensor | int | None = None,
+    backend: str | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Return `(loss, probas)`.
 
@@ -18,8 +21,9 @@ def label_loss_and_probas(
     single-label: `targets` class ids `[B]`, loss = sum of cross-entropy / B.
     `num_items_in_batch` replaces that divisor: the `transformers.Trainer` passes the number of label items
     over all gradient-accumulation micro-batches, so the accumulated loss is the mean over the whole batch.
-    Accumulation is in fp32 whatever the logits' dtype.
+    Accumulation is in fp32 whatever the logits' dtype. `backend`: see `ltc_fast.ops.dispatch`.
     """
+    resolve_backend("label_loss_and_probas", backend, "extension", False, "the loss extension is not part of this version")
     probas = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
     if targets is None:
         return None, probas
