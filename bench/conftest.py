@@ -16,7 +16,7 @@ import torch
 from ltc_fast.provenance import provenance
 
 from .contenders import BASELINE
-from .measure import bf16_matmul_peak_flops
+from .measure import bf16_matmul_peak_flops, copy_bandwidth_gbps
 from .workloads import TINY_WORKLOADS, WORKLOADS, roberta_base_config, tiny_roberta_config
 
 RESULTS_DIR = Path(__file__).with_name("results")
@@ -41,6 +41,13 @@ class BenchSession:
     device: torch.device
     records: list = field(default_factory=list)
     peak_flops: float | None = None
+    _copy_gbps: float | None = None
+
+    def copy_gbps(self) -> float:
+        """Measured copy bandwidth of this device (once per session): the denominator of op GB/s."""
+        if self._copy_gbps is None:
+            self._copy_gbps = copy_bandwidth_gbps(self.device, 512 if self.real_sizes else 4)
+        return self._copy_gbps
 
     def workload(self, workload_id):
         return (WORKLOADS if self.real_sizes else TINY_WORKLOADS)[workload_id]
@@ -76,6 +83,7 @@ def pytest_sessionfinish(session, exitstatus):
         return
     meta = provenance()
     meta["bf16_matmul_peak_tflops"] = None if bench.peak_flops is None else bench.peak_flops / 1e12
+    meta["copy_bandwidth_gbps"] = bench._copy_gbps
     path = _results_path(meta)
     RESULTS_DIR.mkdir(exist_ok=True)
     path.write_text(json.dumps({"provenance": meta, "records": bench.records}, indent=1))
@@ -87,7 +95,9 @@ def pytest_terminal_summary(terminalreporter, config):
     if bench is None or not bench.records:
         return
     terminalreporter.section("ltc_fast / reference (SDPA): speed-up and memory ratio")
-    by_key = {(r["workload"], r["mode"], r["contender"]): r for r in bench.records if r.get("median_s")}
+    # Op benches (ltc_fast/ops kernels against their torch compositions) add records with "op" set.
+    by_key = {(r["workload"], r["mode"], r["contender"]): r for r in bench.records
+              if r.get("median_s") and "op" not in r}
     for (workload, mode, contender), record in sorted(by_key.items()):
         baseline = by_key.get((workload, mode, BASELINE))
         if contender != "ltc_fast" or baseline is None:

@@ -82,3 +82,24 @@ def bf16_matmul_peak_flops(device: torch.device, size: int = 8192, repeats: int 
         a @ b
     synchronize(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def copy_bandwidth_gbps(device: torch.device, megabytes: int = 512, repeats: int = 20) -> float:
+    """Achieved bandwidth of a plain device-to-device copy (bytes read + written per second, in GB/s): the
+    ceiling that memory-bound ops are measured against."""
+    numel = megabytes * 2**20 // 4
+    src = torch.empty(numel, device=device, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        dst.copy_(src)
+    synchronize(device)
+    return 2 * src.numel() * src.element_size() * repeats / (time.perf_counter() - start) / 1e9
+
+
+def bytes_of(*tensors: torch.Tensor) -> int:
+    """Bytes held by `tensors`: an op's minimum memory traffic is the bytes it must read plus write."""
+    return sum(t.numel() * t.element_size() for t in tensors)

@@ -36,9 +36,14 @@ def newest_results() -> Path:
     return files[-1]
 
 
+def end_to_end_records(results: dict) -> list[dict]:
+    """The W1-W5 model records; op benches' records (with an "op" key) are reported on their own."""
+    return [r for r in results["records"] if "op" not in r]
+
+
 def markdown_table(results: dict, link: str) -> str:
     meta = results["provenance"]
-    records = {(r["workload"], r["mode"], r["contender"]): r for r in results["records"]}
+    records = {(r["workload"], r["mode"], r["contender"]): r for r in end_to_end_records(results)}
     lines = [
         f"Measured on {meta['device']}, torch {meta['torch']}, transformers {meta['transformers']}, commit "
         f"`{(meta['commit'] or '?')[:8]}`, with `{meta['command']}` ([JSON]({link})). Ratios are against "
@@ -69,14 +74,14 @@ def plot(results: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for contender in CONTENDERS:
-        rows = sorted((r for r in results["records"] if r["contender"] == contender and r["mode"] == "train"),
+        rows = sorted((r for r in end_to_end_records(results) if r["contender"] == contender and r["mode"] == "train"),
                       key=lambda r: r["num_labels"])
         if not rows:
             continue
         labels = [r["num_labels"] for r in rows]
         axes[0].plot(labels, [r["examples_per_s"] for r in rows], marker="o", label=contender)
         axes[1].plot(labels, [r["peak_mib"] for r in rows], marker="o", label=contender)
-    ticks = sorted({(r["num_labels"], r["workload"]) for r in results["records"]})
+    ticks = sorted({(r["num_labels"], r["workload"]) for r in end_to_end_records(results)})
     for axis, title in zip(axes, ("train step throughput (examples/s)", "peak memory of a train step (MiB)")):
         axis.set_xscale("log")
         axis.set_yscale("log")
