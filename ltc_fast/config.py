@@ -11,9 +11,14 @@ SINGLE_LABEL = "single_label_classification"
 _PROBLEM_TYPE_ALIASES = {"multi": MULTI_LABEL, "multi_label": MULTI_LABEL, MULTI_LABEL: MULTI_LABEL,
                          "single": SINGLE_LABEL, "single_label": SINGLE_LABEL, SINGLE_LABEL: SINGLE_LABEL}
 LABEL_INITS = ("random", "avg", "label_name", "cls")
-# Later issues add "shared" positions and "decoupled" attention; the defaults reproduce the reference.
-LABEL_POSITIONS = ("reference",)
-LABEL_ATTENTIONS = ("full",)
+# The defaults reproduce the reference. "shared": every label at one position id, the text after it as if
+# there were one label (any N, label order irrelevant). "decoupled": the text attends only the text, each
+# label the text and itself (labels independent of each other: chunked scoring, label sampling).
+LABEL_POSITIONS = ("reference", "shared")
+LABEL_ATTENTIONS = ("full", "decoupled")
+# "auto": unpadded (packed) execution where it pays off (CUDA, padding present); "packed" / "padded" force it.
+SEQUENCE_PACKING = ("auto", "packed", "padded")
+NEGATIVE_SAMPLING = ("uniform", "score")
 # "auto": each op's fast kernel where it applies (Triton on CUDA, the C++ loss extension when built);
 # "torch": the plain-PyTorch twins everywhere (also forced by LTC_FAST_BACKEND=torch).
 OPS_BACKENDS = ("auto", "torch")
@@ -79,6 +84,10 @@ class LtcConfig(PretrainedConfig):
         label_positions: str = "reference",
         label_attention: str = "full",
         ops_backend: str = "auto",
+        sequence_packing: str = "auto",
+        label_chunk_size: int | None = None,
+        sampled_negatives: int | None = None,
+        negative_sampling: str = "uniform",
         **kwargs,
     ):
         if isinstance(encoder, dict):
@@ -99,13 +108,37 @@ class LtcConfig(PretrainedConfig):
         if not 0.0 <= float(label_head_dropout) < 1.0:
             raise ValueError(f"label_head_dropout must be in [0, 1), got {label_head_dropout!r}")
         if label_positions not in LABEL_POSITIONS:
-            raise ValueError(f"label_positions must be one of {LABEL_POSITIONS} in this version, got {label_positions!r}")
+            raise ValueError(f"label_positions must be one of {LABEL_POSITIONS}, got {label_positions!r}")
         if label_attention not in LABEL_ATTENTIONS:
-            raise ValueError(f"label_attention must be one of {LABEL_ATTENTIONS} in this version, got {label_attention!r}")
+            raise ValueError(f"label_attention must be one of {LABEL_ATTENTIONS}, got {label_attention!r}")
+        if encoder is not None and (label_positions, label_attention) != ("reference", "full"):
+            spec = encoders.encoder_spec(encoder)
+            if not spec.absolute_positions:
+                raise ValueError(
+                    f"label_positions={label_positions!r} / label_attention={label_attention!r} need an encoder with "
+                    f"absolute position embeddings and transformers' AttentionInterface ({', '.join(encoders.modes_supported())}); "
+                    f"{encoder.model_type!r} uses relative positions: use label_positions='reference', label_attention='full'"
+                )
+        if sequence_packing not in SEQUENCE_PACKING:
+            raise ValueError(f"sequence_packing must be one of {SEQUENCE_PACKING}, got {sequence_packing!r}")
+        for name, value in (("label_chunk_size", label_chunk_size), ("sampled_negatives", sampled_negatives)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+        if (label_chunk_size or sampled_negatives) and label_attention != "decoupled":
+            raise ValueError(
+                "label_chunk_size and sampled_negatives need label_attention='decoupled' (only then is a label's "
+                f"logit independent of the other labels); got label_attention={label_attention!r}"
+            )
+        if negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
         if ops_backend not in OPS_BACKENDS:
             raise ValueError(f"ops_backend must be one of {OPS_BACKENDS}, got {ops_backend!r}")
         self.label_init = label_init
         self.ops_backend = ops_backend
+        self.sequence_packing = sequence_packing
+        self.label_chunk_size = label_chunk_size
+        self.sampled_negatives = sampled_negatives
+        self.negative_sampling = negative_sampling
         self.hidden_layer = hidden_layer
         self.label_head_dropout = float(label_head_dropout)
         self.label_positions = label_positions

@@ -10,26 +10,30 @@ from importlib import resources
 import torch
 
 from .config import MULTI_LABEL, normalize_problem_type
+from .layout import label_slots
 
 
-def tokenize_texts(tokenizer, texts, num_labels: int, max_length: int = 512, padding=False, return_tensors=None):
+def tokenize_texts(tokenizer, texts, num_labels: int, max_length: int = 512, padding=False, return_tensors=None,
+                   label_positions: str = "reference", label_attention: str = "full"):
     """Tokenize plain texts (special tokens, no label tokens) keeping the reference's budget: the N labels
     count against `max_length`, so each text keeps at most `max_length - num_labels - 2` word pieces. The
-    model's input is then exactly the reference's with the label block removed."""
+    model's input is then exactly the reference's with the label block removed. With shared label
+    positions the labels take one position; in decoupled mode none (pass the model's config values)."""
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(num_labels, int) or num_labels < 1:
         raise ValueError(f"num_labels must be an int >= 1, got {num_labels!r}")
     special = tokenizer.num_special_tokens_to_add(pair=False)
-    if max_length - num_labels - special < 1:
+    slots = label_slots(num_labels, label_positions, label_attention)
+    if max_length - slots - special < 1:
         raise ValueError(
-            f"max_length={max_length} leaves no room for text: {num_labels} labels and {special} special tokens "
-            f"already take {num_labels + special} positions"
+            f"max_length={max_length} leaves no room for text: {num_labels} labels ({slots} positions) and "
+            f"{special} special tokens already take {slots + special} positions"
         )
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValueError(f"texts[{i}] must be a string, got {type(text).__name__}")
-    return tokenizer(list(texts), truncation=True, max_length=max_length - num_labels, padding=padding,
+    return tokenizer(list(texts), truncation=True, max_length=max_length - slots, padding=padding,
                      return_tensors=return_tensors)
 
 

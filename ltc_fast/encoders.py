@@ -21,6 +21,9 @@ class EncoderSpec:
     num_layers_attr: str
     has_pooler: bool
     takes_token_type_ids: bool
+    # Absolute position embeddings and attention through transformers' AttentionInterface: what packed
+    # (unpadded) execution, shared label positions and decoupled label attention need.
+    absolute_positions: bool = True
 
 
 _BERT_LIKE = EncoderSpec("arange", "num_hidden_layers", has_pooler=True, takes_token_type_ids=True)
@@ -32,8 +35,14 @@ SUPPORTED_ENCODERS: dict[str, EncoderSpec] = {
     "xlm-roberta": _ROBERTA_LIKE,
     "distilbert": EncoderSpec("arange", "n_layers", has_pooler=False, takes_token_type_ids=False),
     "electra": EncoderSpec("arange", "num_hidden_layers", has_pooler=False, takes_token_type_ids=True),
-    "deberta-v2": EncoderSpec("arange", "num_hidden_layers", has_pooler=False, takes_token_type_ids=True),
+    "deberta-v2": EncoderSpec("arange", "num_hidden_layers", has_pooler=False, takes_token_type_ids=True,
+                              absolute_positions=False),
 }
+
+
+def modes_supported() -> list[str]:
+    """Architectures that run every label mode and packed execution."""
+    return sorted(name for name, spec in SUPPORTED_ENCODERS.items() if spec.absolute_positions)
 
 
 def encoder_spec(config: PretrainedConfig) -> EncoderSpec:

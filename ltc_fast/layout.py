@@ -8,9 +8,19 @@ to the encoder next to the embeddings; nothing is materialised per label.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 LABEL_START = 1  # label i sits at sequence position LABEL_START + i, right after [CLS]
+
+
+def label_slots(num_labels: int, label_positions: str, label_attention: str) -> int:
+    """How many positions of the text's sequence the labels take: N in the reference layout, one with shared
+    positions, none in decoupled mode (the labels run as their own sequence)."""
+    if label_attention == "decoupled":
+        return 0
+    return num_labels if label_positions == "reference" else 1
 
 
 def insert_label_slots(per_token: torch.Tensor, num_labels: int, fill) -> torch.Tensor:
@@ -33,6 +43,62 @@ def reference_position_ids(
         not_pad = insert_label_slots(text_ids.ne(padding_idx).long(), num_labels, 1)
         return torch.cumsum(not_pad, dim=1) * not_pad + padding_idx
     raise ValueError(f"unknown position scheme {scheme!r}")
+
+
+def shared_position_ids(
+    text_ids: torch.Tensor, num_labels: int, scheme: str, padding_idx: int | None
+) -> torch.Tensor:
+    """`label_positions="shared"`: every label gets the position one label would have in the reference, and
+    the text continues as if there were one label. Positions no longer depend on N."""
+    one_label = reference_position_ids(text_ids, 1, scheme, padding_idx)
+    label_position = one_label[:, LABEL_START:LABEL_START + 1]
+    return torch.cat([one_label[:, :LABEL_START], label_position.expand(-1, num_labels),
+                      one_label[:, LABEL_START + 1:]], dim=1)
+
+
+def text_position_ids(text_ids: torch.Tensor, scheme: str, padding_idx: int | None) -> torch.Tensor:
+    """The positions a plain encoder gives the text alone (no label slots): decoupled mode's text."""
+    return reference_position_ids(text_ids, 0, scheme, padding_idx)
+
+
+def label_position_ids(label_ids: torch.Tensor, mode: str, scheme: str, padding_idx: int | None) -> torch.Tensor:
+    """Decoupled mode: the position id of each label in `label_ids` (`[n]`), as in the padded layout: label i
+    at slot LABEL_START + i (`reference`) or every label at slot LABEL_START (`shared`)."""
+    slot = LABEL_START + label_ids if mode == "reference" else torch.full_like(label_ids, LABEL_START)
+    if scheme == "arange":
+        return slot
+    if scheme == "after_padding_idx":
+        return slot + padding_idx + 1
+    raise ValueError(f"unknown position scheme {scheme!r}")
+
+
+@dataclass
+class Packing:
+    """How a padded `[B, S]` batch maps to one unpadded sequence of `total` real tokens."""
+
+    rows: torch.Tensor  # [total]: flat index into [B * S] of each real token, in order
+    cu_seqlens: torch.Tensor  # int32 [B + 1]: where each sequence starts in the packed row
+    max_seqlen: int
+    label_rows: torch.Tensor  # [B, N]: packed row of label i of sequence b
+
+
+def pack(attention_mask: torch.Tensor, num_labels: int) -> Packing:
+    """Packing of a `[B, S]` mask whose label slots sit at LABEL_START..LABEL_START + N - 1 (always real)."""
+    real = attention_mask.reshape(-1).bool()
+    rows = real.nonzero().squeeze(1)
+    lengths = attention_mask.bool().sum(dim=1)
+    cu_seqlens = torch.zeros(lengths.shape[0] + 1, dtype=torch.int32, device=attention_mask.device)
+    cu_seqlens[1:] = torch.cumsum(lengths, 0)
+    packed_index = (torch.cumsum(real.long(), 0) - 1).view(attention_mask.shape)
+    label_rows = packed_index[:, LABEL_START:LABEL_START + num_labels]
+    return Packing(rows, cu_seqlens, int(lengths.max()) if lengths.numel() else 0, label_rows)
+
+
+def unpack(packed: torch.Tensor, packing: Packing, batch: int, seq_len: int) -> torch.Tensor:
+    """`[total, ...]` packed rows back to `[batch, seq_len, ...]`, zeros at the padding."""
+    padded = packed.new_zeros(batch * seq_len, *packed.shape[1:])
+    padded[packing.rows] = packed
+    return padded.view(batch, seq_len, *packed.shape[1:])
 
 
 def label_block_to_text_ids(input_ids: torch.Tensor, num_labels: int, label_token_offset: int) -> torch.Tensor:

@@ -1,8 +1,12 @@
 """The drop-in label-token classifier.
 
-forward: plain text ids -> layout (label slots after [CLS], reference positions) -> embeddings with the
-label rows injected -> the Hugging Face encoder -> shared `Linear(H, 1)` on the label states -> loss.
-Labels never appear in `input_ids`; reference-format ids (label ids in positions 1..N) are accepted too.
+forward: plain text ids -> layout (label slots after [CLS], reference or shared positions) -> embeddings
+with the label rows injected -> the Hugging Face encoder (padded, or packed without padding) -> shared
+`Linear(H, 1)` on the label states -> loss. Labels never appear in `input_ids`; reference-format ids
+(label ids in positions 1..N) are accepted too.
+
+`label_attention="decoupled"` runs the text once on its own, then the labels (in chunks, or a sampled
+subset while training) attending the text's cached keys and values: see `ltc_fast.attention`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from . import checkpoints, encoders, layout, ops
+from . import attention, checkpoints, encoders, layout, ops
 from .config import MULTI_LABEL, LtcConfig, normalize_problem_type, resolve_label_names
 from .targets import prepare_targets
 
@@ -26,13 +30,16 @@ _LAYER_INDEX = re.compile(r"^transformer\.(?:encoder|transformer)\.layer\.(\d+)\
 @dataclass
 class LabelTokenClassifierOutput(ModelOutput):
     """`loss` (when labels are given), `logits` and `probas` of shape `[batch_size, num_labels]`.
-    `hidden_states` / `attentions` are the encoder's, over the `[CLS] labels text` sequence."""
+    `hidden_states` / `attentions` are the encoder's, over the `[CLS] labels text` sequence (decoupled
+    mode: over the text alone). When a subset of labels is scored (`label_ids`, or sampled negatives while
+    training), `logits`/`probas` are `[batch_size, len(label_ids)]` and `label_ids` says which labels."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     probas: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    label_ids: torch.Tensor | None = None  # which labels the columns of logits are, when not all N
 
 
 class AutoModelForTokenSequenceClassification(PreTrainedModel):
@@ -54,7 +61,16 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         embedding_dim = self.transformer.get_input_embeddings().embedding_dim
         self.label_embeddings = nn.Embedding(config.num_labels, embedding_dim)
         self.classifier = nn.Linear(config.hidden_size, 1)
+        # Sampling weights of negative labels (negative_sampling="score"); set with set_negative_sampling_scores.
+        self.register_buffer("negative_sampling_scores", None, persistent=False)
         self.post_init()
+        self._use_ltc_attention()
+
+    def _use_ltc_attention(self) -> None:
+        """Run the encoder's attention through `ltc_fast.attention` (SDPA for padded batches, so the numbers
+        of `attn_implementation="sdpa"`), which adds packed and decoupled execution. DeBERTa-v2 keeps its own."""
+        if encoders.encoder_spec(self.config.encoder).absolute_positions:
+            self.transformer.set_attn_implementation(attention.NAME)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -154,6 +170,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         model = cls(config)
         pooler_kwargs = {"add_pooling_layer": False} if encoders.encoder_spec(config.encoder).has_pooler else {}
         model.transformer = AutoModel.from_pretrained(path, config=config.encoder, **pooler_kwargs)
+        model._use_ltc_attention()
         if config.label_init in ("label_name", "cls") and tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(path)
         model.init_label_embeddings(config.label_init, tokenizer)
@@ -208,38 +225,39 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         num_items_in_batch: torch.Tensor | int | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
+        label_ids: torch.Tensor | None = None,
     ) -> LabelTokenClassifierOutput:
         """`input_ids` `[B, T]`: tokenized text with its special tokens and no label tokens (see
         `ltc_fast.tokenize_texts`), or the reference's ids with the label block after [CLS].
-        `labels`: float `[B, N]` (multi-label) or class ids `[B]` / one-hot rows (single-label)."""
+        `labels`: float `[B, N]` (multi-label) or class ids `[B]` / one-hot rows (single-label), over all N.
+        `label_ids` (decoupled mode): score only these labels (`[n]` distinct ids); their logits equal the
+        same labels' logits of a full pass."""
         text_ids, attention_mask, token_type_ids = self._text_inputs(input_ids, attention_mask, token_type_ids)
-        encoder_inputs = self._encoder_inputs(text_ids, attention_mask, token_type_ids)
-        encoded = self.transformer(
-            **encoder_inputs,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            return_dict=True,
-        )
-        logits = ops.label_head_logits(
-            encoded.last_hidden_state,
-            self.classifier.weight,
-            self.classifier.bias,
-            self.num_labels,
-            dropout_p=self.config.label_head_dropout,
-            training=self.training,
-            backend=self.config.ops_backend,
-        )
         targets = None
         if labels is not None:
-            targets = prepare_targets(labels, self.config.problem_type, logits.shape[0], self.num_labels)
+            targets = prepare_targets(labels, self.config.problem_type, text_ids.shape[0], self.num_labels)
+        decoupled = self.config.label_attention == "decoupled"
+        label_ids = self._check_label_ids(label_ids, decoupled, text_ids.device)
+        if decoupled and label_ids is None and self.training and targets is not None and self.config.sampled_negatives:
+            label_ids = self._sample_label_ids(targets.values)
+        if decoupled:
+            self._check_attention_backend("label_attention='decoupled'", output_attentions)
+            logits, encoded = self._decoupled_logits(text_ids, attention_mask, token_type_ids, label_ids,
+                                                     output_hidden_states)
+        else:
+            logits, encoded = self._full_logits(text_ids, attention_mask, token_type_ids, output_hidden_states,
+                                                output_attentions)
+        if targets is not None:
+            values = targets.values if label_ids is None else self._subset_targets(targets.values, label_ids)
             if num_items_in_batch is not None:
-                # The Trainer counts label tensor *elements*; the loss averages over loss terms: N per row
-                # for multi-label, 1 per row for single-label (whose one-hot rows count N elements each).
-                loss_terms_per_row = self.num_labels if self.config.problem_type == MULTI_LABEL else 1
+                # The Trainer counts label tensor *elements*; the loss averages over loss terms: one per scored
+                # label and row for multi-label, one per row for single-label (whose one-hot rows count N each).
+                loss_terms_per_row = logits.shape[1] if self.config.problem_type == MULTI_LABEL else 1
                 num_items_in_batch = num_items_in_batch * loss_terms_per_row / targets.label_elements_per_row
+            targets = values
         loss, probas = ops.label_loss_and_probas(
             logits,
-            None if targets is None else targets.values,
+            targets,
             multi_label=self.config.problem_type == MULTI_LABEL,
             num_items_in_batch=num_items_in_batch,
             backend=self.config.ops_backend,
@@ -250,8 +268,163 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             probas=probas,
             hidden_states=encoded.hidden_states,
             attentions=encoded.attentions,
+            label_ids=label_ids,
         )
 
+    def _head(self, hidden_rows: torch.Tensor, label_rows: torch.Tensor) -> torch.Tensor:
+        """Logits `[B, n]` of the label states at `label_rows` (`[B, n]` rows of the `[rows, H]` states)."""
+        return ops.label_head_logits(
+            hidden_rows,
+            self.classifier.weight,
+            self.classifier.bias,
+            label_rows.shape[1],
+            dropout_p=self.config.label_head_dropout,
+            training=self.training,
+            backend=self.config.ops_backend,
+            label_rows=label_rows,
+        )
+
+    # ------------------------------------------------------------------ full attention (the reference's)
+    def _full_logits(self, text_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions):
+        inputs = self._encoder_inputs(text_ids, attention_mask, token_type_ids)
+        batch, seq_len = inputs["attention_mask"].shape
+        if not self._packs(inputs["attention_mask"], output_hidden_states, output_attentions):
+            encoded = self.transformer(**inputs, output_hidden_states=output_hidden_states,
+                                       output_attentions=output_attentions, return_dict=True)
+            rows = torch.arange(batch * seq_len, device=text_ids.device).view(batch, seq_len)
+            label_rows = rows[:, layout.LABEL_START:layout.LABEL_START + self.num_labels]
+            return self._head(encoded.last_hidden_state.reshape(batch * seq_len, -1), label_rows), encoded
+        packing = layout.pack(inputs.pop("attention_mask"), self.num_labels)
+        packed = {name: value.reshape(batch * seq_len, *value.shape[2:])[packing.rows].unsqueeze(0)
+                  for name, value in inputs.items()}
+        encoded = self.transformer(
+            **packed, output_hidden_states=output_hidden_states, return_dict=True,
+            ltc_packed=attention.PackedSequences(packing.cu_seqlens, packing.max_seqlen),
+        )
+        logits = self._head(encoded.last_hidden_state[0], packing.label_rows)
+        if output_hidden_states:
+            encoded.hidden_states = tuple(layout.unpack(h[0], packing, batch, seq_len) for h in encoded.hidden_states)
+        return logits, encoded
+
+    def _packs(self, attention_mask, output_hidden_states, output_attentions) -> bool:
+        """Whether this batch runs packed (unpadded): `sequence_packing` = auto | packed | padded."""
+        mode = self.config.sequence_packing
+        if mode == "padded":
+            return False
+        if mode == "packed":
+            self._check_attention_backend("sequence_packing='packed'", output_attentions)
+            return True
+        return (self._runs_ltc_attention() and attention_mask.is_cuda and not output_attentions
+                and not output_hidden_states and not bool(attention_mask.all()))
+
+    def _runs_ltc_attention(self) -> bool:
+        return self.transformer.config._attn_implementation == attention.NAME
+
+    def _check_attention_backend(self, what: str, output_attentions) -> None:
+        if not encoders.encoder_spec(self.config.encoder).absolute_positions:
+            raise ValueError(f"{what} needs an encoder with absolute positions and transformers' AttentionInterface "
+                             f"({', '.join(encoders.modes_supported())}); {self.config.encoder.model_type!r} has "
+                             f"relative positions: use sequence_packing='padded' (or 'auto')")
+        if not self._runs_ltc_attention():
+            raise ValueError(
+                f"{what} runs on the encoder attention implementation {attention.NAME!r} (the default for "
+                f"{', '.join(encoders.modes_supported())}); this model uses "
+                f"{self.transformer.config._attn_implementation!r}: call model.set_attn_implementation("
+                f"{attention.NAME!r}) or load without attn_implementation"
+            )
+        if output_attentions:
+            raise ValueError(f"output_attentions=True is not available with {what}: it never forms the full "
+                             f"attention matrix; use the padded full-attention path (sequence_packing='padded')")
+
+    # ------------------------------------------------------------------ decoupled attention
+    def _decoupled_logits(self, text_ids, attention_mask, token_type_ids, label_ids, output_hidden_states):
+        """Text pass (keys and values of every layer kept), then the labels in chunks attending them."""
+        spec = encoders.encoder_spec(self.config.encoder)
+        pad = self.config.encoder.pad_token_id
+        self._check_length(text_ids.shape[1], label_ids)
+        text = attention.DecoupledText(key_padding=attention_mask.bool())
+        text_inputs = {"input_ids": text_ids, "attention_mask": attention_mask,
+                       "position_ids": layout.text_position_ids(text_ids, spec.position_scheme, pad)}
+        if spec.takes_token_type_ids:
+            text_inputs["token_type_ids"] = torch.zeros_like(text_ids) if token_type_ids is None else token_type_ids
+        encoded = self.transformer(**text_inputs, output_hidden_states=output_hidden_states, return_dict=True,
+                                   ltc_decoupled=text)
+        text.recording = False
+        batch = text_ids.shape[0]
+        if label_ids is None:
+            label_ids = torch.arange(self.num_labels, device=text_ids.device)
+        chunks = []
+        for chunk in label_ids.split(self.config.label_chunk_size or label_ids.numel()):
+            positions = layout.label_position_ids(chunk, self.config.label_positions, spec.position_scheme, pad)
+            label_inputs = {"inputs_embeds": self.label_embeddings(chunk).unsqueeze(0).expand(batch, -1, -1),
+                            "position_ids": positions.unsqueeze(0).expand(batch, -1)}
+            if spec.takes_token_type_ids:
+                label_inputs["token_type_ids"] = torch.zeros(batch, chunk.numel(), dtype=torch.long,
+                                                             device=chunk.device)
+            states = self.transformer(**label_inputs, return_dict=True, ltc_decoupled=text).last_hidden_state
+            rows = torch.arange(batch * chunk.numel(), device=chunk.device).view(batch, -1)
+            chunks.append(self._head(states.reshape(rows.numel(), -1), rows))
+        return torch.cat(chunks, dim=1), encoded
+
+    def _check_label_ids(self, label_ids, decoupled, device):
+        if label_ids is None:
+            return None
+        if not decoupled:
+            raise ValueError("label_ids (scoring a subset of labels) needs label_attention='decoupled'; with full "
+                             "attention every label's logit depends on all the others")
+        label_ids = torch.as_tensor(label_ids, device=device)
+        if label_ids.dim() != 1 or label_ids.is_floating_point() or label_ids.numel() == 0:
+            raise ValueError(f"label_ids must be a non-empty 1-D tensor of label indices, got "
+                             f"{list(label_ids.shape)} {label_ids.dtype}")
+        if label_ids.min() < 0 or label_ids.max() >= self.num_labels:
+            raise ValueError(f"label_ids must lie in [0, {self.num_labels - 1}], got values from "
+                             f"{int(label_ids.min())} to {int(label_ids.max())}")
+        if label_ids.unique().numel() != label_ids.numel():
+            raise ValueError("label_ids must not repeat a label")
+        return label_ids.long()
+
+    @torch.no_grad()
+    def set_negative_sampling_scores(self, scores: torch.Tensor | None) -> None:
+        """Weights `[N]` (>= 0) for drawing negative labels when `negative_sampling="score"`, e.g. how often
+        each label is confused; `None` clears them."""
+        if scores is not None:
+            scores = torch.as_tensor(scores, dtype=torch.float32, device=self.label_embeddings.weight.device)
+            if scores.shape != (self.num_labels,) or not bool(torch.isfinite(scores).all()) or bool((scores < 0).any()):
+                raise ValueError(f"scores must be {self.num_labels} finite values >= 0 (one per label), got "
+                                 f"shape {list(scores.shape)}")
+        self.negative_sampling_scores = scores
+
+    def _sample_label_ids(self, targets: torch.Tensor) -> torch.Tensor:
+        """The batch's positive labels plus `sampled_negatives` negatives drawn without replacement, uniformly
+        or in proportion to `negative_sampling_scores`, from torch's generator (seeded like everything else)."""
+        if self.config.problem_type == MULTI_LABEL:
+            positive = targets.gt(0).any(dim=0)
+        else:
+            positive = torch.zeros(self.num_labels, dtype=torch.bool, device=targets.device)
+            positive[targets] = True
+        negatives = (~positive).nonzero().squeeze(1)
+        count = min(self.config.sampled_negatives, negatives.numel())
+        if self.config.negative_sampling == "score":
+            if self.negative_sampling_scores is None:
+                raise ValueError("negative_sampling='score' needs model.set_negative_sampling_scores(scores) first")
+            weights = self.negative_sampling_scores[negatives].clamp_min(1e-12)
+        else:
+            weights = torch.ones(negatives.numel(), device=targets.device)
+        chosen = negatives[torch.multinomial(weights, count)] if count else negatives[:0]
+        return torch.cat([positive.nonzero().squeeze(1), chosen]).sort().values
+
+    def _subset_targets(self, values: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
+        if self.config.problem_type == MULTI_LABEL:
+            return values[:, label_ids]
+        column = torch.full((self.num_labels,), -1, dtype=torch.long, device=values.device)
+        column[label_ids] = torch.arange(label_ids.numel(), device=values.device)
+        remapped = column[values]
+        if (remapped < 0).any():
+            raise ValueError("label_ids must include every row's class for single-label targets; missing "
+                             f"{sorted(set(values[remapped < 0].tolist()))}")
+        return remapped
+
+    # ------------------------------------------------------------------ inputs
     def _text_inputs(self, input_ids, attention_mask, token_type_ids):
         """Validate the inputs and return plain text ids, mask and token types `[B, T]`."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
@@ -272,18 +445,32 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             token_type_ids = None if token_type_ids is None else token_type_ids[:, keep]
         return input_ids, attention_mask, token_type_ids
 
+
+    def _check_length(self, text_len: int, label_ids=None) -> None:
+        """The positions this mode needs must exist in the encoder's position table."""
+        limit = encoders.max_sequence_length(self.config.encoder)
+        slots = layout.label_slots(self.num_labels, self.config.label_positions, self.config.label_attention)
+        if text_len + slots > limit:
+            raise ValueError(
+                f"{slots} label position(s) + input length ({text_len} tokens, [CLS] and [SEP] included) = "
+                f"{text_len + slots} exceeds the encoder's {limit} positions; tokenize with "
+                f"ltc_fast.tokenize_texts(..., num_labels={self.num_labels}, max_length={limit}, "
+                f"label_positions={self.config.label_positions!r}, label_attention={self.config.label_attention!r}), "
+                f"which keeps at most {limit - slots} text tokens"
+            )
+        if self.config.label_attention == "decoupled" and self.config.label_positions == "reference":
+            if layout.LABEL_START + self.num_labels > limit:
+                raise ValueError(
+                    f"label_positions='reference' places label i at position {layout.LABEL_START} + i, but "
+                    f"{self.num_labels} labels exceed the encoder's {limit} positions; use label_positions='shared'"
+                )
+
     def _encoder_inputs(self, text_ids, attention_mask, token_type_ids) -> dict:
         encoder_config = self.config.encoder
         spec = encoders.encoder_spec(encoder_config)
-        seq_len = text_ids.shape[1] + self.num_labels
-        limit = encoders.max_sequence_length(encoder_config)
-        if seq_len > limit:
-            raise ValueError(
-                f"num_labels ({self.num_labels}) + input length ({text_ids.shape[1]} tokens, [CLS] and [SEP] "
-                f"included) = {seq_len} exceeds the encoder's {limit} positions; tokenize with "
-                f"ltc_fast.tokenize_texts(..., num_labels={self.num_labels}, max_length={limit}), which keeps at "
-                f"most {limit - self.num_labels} text tokens"
-            )
+        self._check_length(text_ids.shape[1])
+        position_ids = (layout.reference_position_ids if self.config.label_positions == "reference"
+                        else layout.shared_position_ids)
         words = self.transformer.get_input_embeddings()
         inputs = {
             "inputs_embeds": ops.inject_label_embeddings(
@@ -291,9 +478,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                 backend=self.config.ops_backend,
             ),
             "attention_mask": layout.insert_label_slots(attention_mask, self.num_labels, 1),
-            "position_ids": layout.reference_position_ids(
-                text_ids, self.num_labels, spec.position_scheme, encoder_config.pad_token_id
-            ),
+            "position_ids": position_ids(text_ids, self.num_labels, spec.position_scheme, encoder_config.pad_token_id),
         }
         if spec.takes_token_type_ids:
             if token_type_ids is None:

@@ -27,7 +27,7 @@ def test_plain_tokens_are_the_reference_input_without_the_label_block(tiny_token
 
 
 def test_no_room_for_text_is_a_clear_error(tiny_tokenizer):
-    with pytest.raises(ValueError, match="max_length=10 leaves no room for text: 8 labels and 2 special tokens"):
+    with pytest.raises(ValueError, match=r"max_length=10 leaves no room for text: 8 labels \(8 positions\) and 2 special tokens"):
         tokenize_texts(tiny_tokenizer, ["happy"], num_labels=8, max_length=10)
 
 

@@ -77,8 +77,9 @@ def test_sequence_longer_than_the_positions():
     config = encoder_config("bert", max_position_embeddings=20)
     model = Model(LtcConfig(encoder=config, num_labels=6)).eval()
     ids, mask = text_batch(2, 15, pad_id=0)
-    with pytest.raises(ValueError, match=r"num_labels \(6\) \+ input length \(15 tokens.*= 21 exceeds the encoder's "
-                                         r"20 positions; tokenize with ltc_fast.tokenize_texts\(.*max_length=20\)"):
+    with pytest.raises(ValueError, match=r"6 label position\(s\) \+ input length \(15 tokens.*= 21 exceeds the encoder's "
+                                         r"20 positions; tokenize with ltc_fast.tokenize_texts\(.*max_length=20, "
+                                         r"label_positions='reference'"):
         model(ids, mask)
     model(ids[:, :14], mask[:, :14])  # 6 + 14 = 20 fits
 
@@ -123,7 +124,7 @@ def test_unsupported_architecture_names_the_supported_ones():
     ({"problem_type": "single_label_classification", "num_labels": 1}, "needs num_labels >= 2"),
     ({"label_init": "zeros"}, "label_init must be one of"),
     ({"label_head_dropout": 1.0}, r"label_head_dropout must be in \[0, 1\)"),
-    ({"label_positions": "shared"}, "label_positions must be one of"),
+    ({"label_positions": "diagonal"}, "label_positions must be one of"),
     ({"num_labels": 0}, "num_labels must be an int >= 1, got 0"),
 ])
 def test_bad_config_options(kwargs, message):

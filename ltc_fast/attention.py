@@ -1,0 +1,119 @@
+"""The `ltc_fast` attention implementation, registered with transformers' `AttentionInterface`.
+
+The encoder's own layers (projections, feed-forward, LayerNorm) run unchanged; only the attention
+kernel is ours, selected per call by what the model passes through the encoder's `**kwargs`:
+
+- nothing: padded batches go to transformers' SDPA implementation (PyTorch's flash / memory-efficient
+  kernels), the same numbers as `attn_implementation="sdpa"`.
+- `ltc_packed=PackedSequences(...)`: one unpadded sequence `[1, total, ...]` holding the batch back to
+  back; attention stays within each sequence (`cu_seqlens`). CUDA: `flash_attn_varlen_func` when the
+  `flash-attn` package is installed, else `torch.nn.attention.varlen.varlen_attn`; elsewhere (CPU, fp32,
+  attention dropout without flash-attn) a per-sequence SDPA loop. No pad token enters any matmul.
+- `ltc_decoupled=DecoupledText(...)`: label attention that never builds an `(N + T)^2` mask. The text is
+  encoded first on its own (`recording`: each layer's text keys and values are kept); then the labels
+  run as their own sequence, each label query attending the cached text keys plus its own key, one
+  softmax over both (the self term joins the text's log-sum-exp). Cost `N * T`, and a label's output does
+  not depend on which other labels are in the pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+NAME = "ltc_fast"
+
+
+@dataclass
+class PackedSequences:
+    """Offsets of the sequences packed back to back in one `[1, total]` row (int32 `[B + 1]`)."""
+
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+
+
+@dataclass
+class DecoupledText:
+    """Per-layer text keys / values of a decoupled pass. `key_padding`: bool `[B, T]`, True for real tokens."""
+
+    key_padding: torch.Tensor
+    recording: bool = True
+    keys: dict = field(default_factory=dict)
+    values: dict = field(default_factory=dict)
+
+
+def flash_attn_varlen():
+    """`flash_attn.flash_attn_varlen_func` when the `flash-attn` package is installed (the `flash` extra)."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+def ltc_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """`query`/`key`/`value`: `[batch, heads, seq, head_dim]`. Returns `([batch, seq, heads, head_dim], None)`."""
+    packed = kwargs.pop("ltc_packed", None)
+    decoupled = kwargs.pop("ltc_decoupled", None)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    if decoupled is not None and not decoupled.recording:
+        return _labels_attend_text(module, query, key, value, decoupled, dropout, scaling), None
+    if packed is not None:
+        output = _varlen_attention(query, key, value, packed, dropout, scaling)
+    else:
+        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                           scaling=scaling, **kwargs)
+    if decoupled is not None:
+        decoupled.keys[module] = key
+        decoupled.values[module] = value
+    return output, None
+
+
+def _varlen_attention(query, key, value, packed: PackedSequences, dropout, scaling):
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [total, heads, head_dim]
+    cu, max_len = packed.cu_seqlens, packed.max_seqlen
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    if q.is_cuda and half:
+        flash = flash_attn_varlen()
+        if flash is not None:
+            return flash(q, k, v, cu, cu, max_len, max_len, dropout_p=dropout, softmax_scale=scaling).unsqueeze(0)
+        if dropout == 0.0:
+            from torch.nn.attention.varlen import varlen_attn
+
+            return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling).unsqueeze(0)
+    # Per-sequence loop: exact on every device and dtype, still free of padding.
+    bounds = cu.tolist()
+    pieces = [
+        F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout,
+                                       scale=scaling)
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    return torch.cat(pieces, dim=2).transpose(1, 2)
+
+
+def _labels_attend_text(module, query, key, value, text: DecoupledText, dropout, scaling):
+    """Label queries `[B, heads, n, d]` over the layer's cached text keys `[B, heads, T, d]` and their own key."""
+    text_keys, text_values = text.keys[module], text.values[module]
+    scores = torch.matmul(query, text_keys.transpose(-1, -2)) * scaling  # [B, heads, n, T]
+    scores = scores.masked_fill(~text.key_padding[:, None, None, :], torch.finfo(scores.dtype).min)
+    self_score = (query * key).sum(-1, keepdim=True) * scaling  # [B, heads, n, 1]
+    weights = torch.softmax(torch.cat([scores, self_score], dim=-1), dim=-1, dtype=torch.float32).to(query.dtype)
+    if dropout > 0.0:
+        weights = F.dropout(weights, p=dropout, training=True)
+    output = torch.matmul(weights[..., :-1], text_values) + weights[..., -1:] * value
+    return output.transpose(1, 2)
+
+
+def register() -> None:
+    """Make `attn_implementation="ltc_fast"` known to transformers (idempotent)."""
+    AttentionInterface.register(NAME, ltc_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # padded calls get SDPA's masks
+
+
+register()

@@ -1,0 +1,143 @@
+"""Packed (unpadded) execution: one sequence with offsets, no pad token in any matmul, same function as the
+padded path (fp32, 1e-5): logits, hidden states and every gradient."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import ltc_fast
+from ltc_fast import attention, layout
+from ltc_fast.encoders import modes_supported
+
+from conftest import assert_relative_close, encoder_config, label_names, random_targets, text_batch
+
+Model = ltc_fast.AutoModelForTokenSequenceClassification
+
+
+def padded_and_packed(arch, num_labels, problem_type="multi_label_classification", **options):
+    config = ltc_fast.LtcConfig(encoder=encoder_config(arch), label_names=label_names(num_labels),
+                                problem_type=problem_type, sequence_packing="padded", **options)
+    padded = Model(config)
+    packed = copy.deepcopy(padded)
+    packed.config.sequence_packing = "packed"
+    return padded, packed
+
+
+@pytest.mark.parametrize("arch", modes_supported())
+@pytest.mark.parametrize("batch_size,num_labels", [(1, 1), (3, 5), (4, 28)])
+@pytest.mark.parametrize("label_positions", ["reference", "shared"])
+def test_packed_equals_padded(arch, batch_size, num_labels, label_positions):
+    problem_type = "single_label_classification" if num_labels == 5 else "multi_label_classification"
+    padded, packed = padded_and_packed(arch, num_labels, problem_type, label_positions=label_positions)
+    pad_id = padded.config.encoder.pad_token_id
+    ids, mask = text_batch(batch_size, 11, pad_id)
+    targets = random_targets(problem_type, batch_size, num_labels)
+    outputs = {}
+    for name, model in (("padded", padded), ("packed", packed)):
+        model.train()  # dropout probabilities are zeroed below, so train mode only adds autograd
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        model.config.label_head_dropout = 0.0
+        out = model(ids, mask, labels=targets)
+        out.loss.backward()
+        outputs[name] = (out.logits.detach(), {k: p.grad for k, p in model.named_parameters()})
+    assert_relative_close(outputs["packed"][0], outputs["padded"][0], 1e-5, "logits")
+    grads_padded, grads_packed = outputs["padded"][1], outputs["packed"][1]
+    scale = max(g.abs().max() for g in grads_padded.values() if g is not None)
+    for name, grad in grads_padded.items():
+        if grad is None:
+            assert grads_packed[name] is None, name
+            continue
+        assert_relative_close(grads_packed[name], grad, 1e-5, f"grad {name}", scale=scale)
+
+
+def test_packed_hidden_states_are_the_padded_ones_at_real_tokens():
+    padded, packed = padded_and_packed("roberta", 4)
+    padded.eval(), packed.eval()
+    ids, mask = text_batch(3, 9, padded.config.encoder.pad_token_id)
+    want = padded(ids, mask, output_hidden_states=True).hidden_states
+    got = packed(ids, mask, output_hidden_states=True).hidden_states
+    real = layout.insert_label_slots(mask, 4, 1).bool()
+    assert len(got) == len(want)
+    for layer, (g, w) in enumerate(zip(got, want)):
+        assert_relative_close(g[real], w[real], 1e-5, f"hidden state {layer}")
+        assert (g[~real] == 0).all()
+
+
+def test_no_pad_token_reaches_attention(monkeypatch):
+    """The attention calls of a packed batch see exactly the real tokens: total = sum of lengths."""
+    _, packed = padded_and_packed("bert", 3)
+    seen = []
+    real_varlen = attention._varlen_attention
+
+    def spy(query, key, value, packed_sequences, dropout, scaling):
+        seen.append((query.shape[2], packed_sequences.cu_seqlens.tolist()))
+        return real_varlen(query, key, value, packed_sequences, dropout, scaling)
+
+    monkeypatch.setattr(attention, "_varlen_attention", spy)
+    ids, mask = text_batch(3, 10, 0)
+    packed.eval()(ids, mask)
+    lengths = (mask.sum(1) + 3).tolist()
+    assert seen and all(total == sum(lengths) for total, _ in seen)
+    assert seen[0][1] == [0, *torch.tensor(lengths).cumsum(0).tolist()]
+
+
+def test_auto_packs_only_where_it_pays(monkeypatch):
+    """On the CPU, `auto` keeps the padded SDPA path (the per-sequence loop is the fallback, not a speed-up)."""
+    model = Model(ltc_fast.LtcConfig(encoder=encoder_config("bert"), num_labels=2)).eval()
+    calls = []
+    monkeypatch.setattr(attention, "_varlen_attention", lambda *a: calls.append(1))
+    ids, mask = text_batch(3, 8, 0)
+    model(ids, mask)
+    assert not calls
+    assert model.config.sequence_packing == "auto"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_varlen_attention_equals_masked_sdpa(dtype):
+    """The packed kernel path against SDPA over the padded batch with a key-padding mask."""
+    lengths = [5, 1, 8]
+    heads, dim = 3, 7
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (torch.randn(1, heads, sum(lengths), dim, dtype=dtype) for _ in range(3))
+    got = attention._varlen_attention(q, k, v, attention.PackedSequences(cu, max(lengths)), 0.0, dim ** -0.5)
+    assert got.shape == (1, sum(lengths), heads, dim)
+    for b, (start, length) in enumerate(zip(cu.tolist(), lengths)):
+        pad = max(lengths) - length
+
+        def padded(t):
+            return torch.nn.functional.pad(t[:, :, start:start + length], (0, 0, 0, pad))
+
+        key_mask = torch.arange(max(lengths)) < length
+        want = torch.nn.functional.scaled_dot_product_attention(padded(q), padded(k), padded(v),
+                                                                attn_mask=key_mask[None, None, None, :])
+        torch.testing.assert_close(got[0, start:start + length], want[0, :, :length].transpose(0, 1))
+
+
+def test_forcing_packed_on_an_encoder_without_it_is_a_clear_error():
+    model = Model(ltc_fast.LtcConfig(encoder=encoder_config("deberta-v2"), num_labels=2,
+                                     sequence_packing="packed")).eval()
+    ids, mask = text_batch(2, 6, 0)
+    with pytest.raises(ValueError, match=r"sequence_packing='packed' needs an encoder with absolute positions.*"
+                                         r"'deberta-v2' has relative positions"):
+        model(ids, mask)
+
+
+def test_packed_needs_the_ltc_attention_implementation():
+    _, packed = padded_and_packed("bert", 2)
+    packed.set_attn_implementation("eager")
+    ids, mask = text_batch(2, 6, 0)
+    with pytest.raises(ValueError, match=r"runs on the encoder attention implementation 'ltc_fast'.*this model uses "
+                                         r"'eager': call model.set_attn_implementation\('ltc_fast'\)"):
+        packed.eval()(ids, mask)
+
+
+def test_packed_with_output_attentions_is_refused():
+    _, packed = padded_and_packed("bert", 2)
+    ids, mask = text_batch(2, 6, 0)
+    with pytest.raises(ValueError, match="output_attentions=True is not available with sequence_packing='packed'"):
+        packed.eval()(ids, mask, output_attentions=True)
