@@ -15,8 +15,10 @@ from transformers import AutoModelForSequenceClassification
 from ltc_fast import AutoModelForTokenSequenceClassification, LtcConfig
 from ltc_fast.reference import ReferenceLabelTokenModel
 
-CONTENDERS = ("reference-eager", "reference-sdpa", "cls-head", "ltc_fast")
+CONTENDERS = ("reference-eager", "reference-sdpa", "cls-head", "ltc_fast", "ltc_fast-decoupled")
 BASELINE = "reference-sdpa"
+# Decoupled label attention with shared positions: each label attends the text and itself (cost N * T).
+DECOUPLED = {"label_positions": "shared", "label_attention": "decoupled"}
 
 
 @dataclass
@@ -25,7 +27,7 @@ class Batch:
     text_tokens: int  # real (non-pad) text tokens, specials included, labels excluded
 
 
-def build_model(contender: str, encoder_config, num_labels: int) -> torch.nn.Module:
+def build_model(contender: str, encoder_config, num_labels: int, ltc_options: dict | None = None) -> torch.nn.Module:
     config = copy.deepcopy(encoder_config)
     names = [f"label{i}" for i in range(num_labels)]
     if contender.startswith("reference-"):
@@ -37,7 +39,11 @@ def build_model(contender: str, encoder_config, num_labels: int) -> torch.nn.Mod
         config.num_labels, config.problem_type = num_labels, "multi_label_classification"
         return AutoModelForSequenceClassification.from_config(config)
     if contender == "ltc_fast":
-        return AutoModelForTokenSequenceClassification(LtcConfig(encoder=config, label_names=names))
+        return AutoModelForTokenSequenceClassification(LtcConfig(encoder=config, label_names=names,
+                                                                 **(ltc_options or {})))
+    if contender == "ltc_fast-decoupled":
+        options = {**(ltc_options or {}), **DECOUPLED}
+        return AutoModelForTokenSequenceClassification(LtcConfig(encoder=config, label_names=names, **options))
     raise ValueError(f"unknown contender {contender!r}; expected one of {CONTENDERS}")
 
 
