@@ -29,7 +29,7 @@ def replace_readme_section(name: str, text: str, readme: Path = README) -> None:
 
 
 def newest_results() -> Path:
-    files = sorted((p for p in RESULTS_DIR.glob("*.json") if not p.name.startswith("accuracy-")),
+    files = sorted((p for p in RESULTS_DIR.glob("*.json") if not p.name.startswith(("accuracy-", "large-labels-"))),
                    key=lambda p: p.stat().st_mtime)
     if not files:
         raise SystemExit(f"no results in {RESULTS_DIR}: run `pytest bench/ --benchmark` first")

@@ -61,3 +61,19 @@ def test_interleaved_ab_times_both_contenders():
     assert set(result["medians"]) == {"reference-sdpa", "ltc_fast"}
     for parts in result["medians"].values():
         assert set(parts) == {"forward_s", "backward_s", "optimizer_s"} and all(v > 0 for v in parts.values())
+
+
+def test_large_label_sweep_runs_and_renders(tmp_path):
+    from bench import large_labels
+
+    out = tmp_path / "sweep.json"
+    large_labels.main(["--encoder", "tiny", "--labels", "3", "600", "--text-tokens", "8", "--chunk", "256",
+                       "--sampled", "4", "--rounds", "1", "--out", str(out)])
+    results = json.loads(out.read_text())
+    measured = {(r["num_labels"], r["mode"], r["train"]) for r in results["records"]}
+    # The reference cannot place 600 labels in 512 positions; the two ltc_fast modes can.
+    assert (3, "reference", False) in measured and (600, "reference", False) not in measured
+    assert {(600, "ltc_fast shared", True), (600, "ltc_fast decoupled", True)} <= measured
+    assert (tmp_path / "sweep.png").exists()
+    table = large_labels.markdown(results, "x.json")
+    assert "| 600 | ltc_fast decoupled |" in table
