@@ -19,6 +19,9 @@ LABEL_ATTENTIONS = ("full", "decoupled")
 # "auto": unpadded (packed) execution where it pays off (CUDA, padding present); "packed" / "padded" force it.
 SEQUENCE_PACKING = ("auto", "packed", "padded")
 NEGATIVE_SAMPLING = ("uniform", "score")
+# Options that choose how the model runs rather than what it learned; from_pretrained accepts them.
+EXECUTION_OPTIONS = ("label_positions", "label_attention", "label_chunk_size", "sampled_negatives",
+                     "negative_sampling", "sequence_packing", "ops_backend")
 # "auto": each op's fast kernel where it applies (Triton on CUDA, the C++ loss extension when built);
 # "torch": the plain-PyTorch twins everywhere (also forced by LTC_FAST_BACKEND=torch).
 OPS_BACKENDS = ("auto", "torch")

@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from . import attention, checkpoints, encoders, layout, ops
-from .config import MULTI_LABEL, LtcConfig, normalize_problem_type, resolve_label_names
+from .config import EXECUTION_OPTIONS, MULTI_LABEL, LtcConfig, normalize_problem_type, resolve_label_names
 from .targets import prepare_targets
 
 _LAYER_INDEX = re.compile(r"^transformer\.(?:encoder|transformer)\.layer\.(\d+)\.")
@@ -111,17 +111,23 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         embeddings; `pytorch_model.bin` or safetensors) or a plain encoder (a new head and label table,
         initialised by `label_init`: random | avg | label_name | cls).
 
-        `encoder_config_overrides` (e.g. `hidden_dropout_prob=0.0`) update the encoder's config.
+        The execution options of `LtcConfig` (`label_positions`, `label_attention`, `label_chunk_size`,
+        `sampled_negatives`, `negative_sampling`, `sequence_packing`, `ops_backend`) are accepted here too
+        (for an ltc_fast checkpoint they replace the saved values); any other keyword (e.g.
+        `hidden_dropout_prob=0.0`) updates the encoder's config.
         """
         path = str(pretrained_model_name_or_path)
         found = AutoConfig.from_pretrained(path)
+        execution = {k: encoder_config_overrides.pop(k) for k in EXECUTION_OPTIONS if k in encoder_config_overrides}
         for key, value in encoder_config_overrides.items():
             setattr(found.encoder if isinstance(found, LtcConfig) else found, key, value)
         if isinstance(found, LtcConfig):
+            if execution:
+                found = LtcConfig(**{**found.to_dict(), **execution})  # validated like a new config
             model = cls._from_ltc_checkpoint(path, found, num_labels, label_names, problem_type)
         else:
             options = dict(problem_type=problem_type, label_init=label_init, hidden_layer=hidden_layer,
-                           label_head_dropout=label_head_dropout)
+                           label_head_dropout=label_head_dropout, **execution)
             if checkpoints.is_reference_checkpoint(path):
                 model = cls._from_reference_checkpoint(path, found, num_labels, label_names, options)
             else:
@@ -451,6 +457,11 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         """The positions this mode needs must exist in the encoder's position table."""
         limit = encoders.max_sequence_length(self.config.encoder)
         slots = layout.label_slots(self.num_labels, self.config.label_positions, self.config.label_attention)
+        if slots + 3 > limit:  # [CLS], [SEP] and at least one word piece
+            raise ValueError(
+                f"{self.num_labels} labels at their own positions (label_positions='reference') leave no room for "
+                f"text in the encoder's {limit} positions; use label_positions='shared' (any number of labels)"
+            )
         if text_len + slots > limit:
             raise ValueError(
                 f"{slots} label position(s) + input length ({text_len} tokens, [CLS] and [SEP] included) = "

@@ -222,3 +222,8 @@ def test_decoupled_survives_save_and_reload(tmp_path):
     assert (loaded.config.label_attention, loaded.config.label_chunk_size) == ("decoupled", 4)
     ids, mask = text_batch(2, 7, model.config.encoder.pad_token_id)
     torch.testing.assert_close(loaded(ids, mask).logits, model(ids, mask).logits, rtol=0, atol=0)
+    rechunked = Model.from_pretrained(tmp_path, label_chunk_size=2, hidden_dropout_prob=0.0)
+    assert rechunked.config.label_chunk_size == 2 and rechunked.config.encoder.hidden_dropout_prob == 0.0
+    torch.testing.assert_close(rechunked(ids, mask).logits, model(ids, mask).logits, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="label_chunk_size must be None or an int >= 1"):
+        Model.from_pretrained(tmp_path, label_chunk_size=0)

@@ -19,3 +19,17 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert out.logits.shape == out.probas.shape == (1, 3)
     assert out.loss.item() > 0
     assert (tmp_path / "my-model" / "model.safetensors").exists()
+
+
+def test_readme_large_label_example_runs(tmp_path, monkeypatch):
+    """The "Large label sets" example continues the first one in the same namespace."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 2 and "label_attention=\"decoupled\"" in blocks[1]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks[:2]:
+        exec(compile(block, str(README), "exec"), namespace)
+    torch = namespace["torch"]
+    assert namespace["out"].label_ids.numel() == 66 and {7, 1999} <= set(namespace["out"].label_ids.tolist())
+    assert namespace["every"].shape == (2, 2000)
+    torch.testing.assert_close(namespace["some"], namespace["every"][:, [3, 17, 42]], rtol=1e-5, atol=1e-6)

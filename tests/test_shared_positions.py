@@ -60,7 +60,7 @@ def test_a_thousand_labels_on_a_tiny_encoder():
     assert logits.shape == (2, 1000) and torch.isfinite(logits).all()
     reference = copy.deepcopy(model)
     reference.config.label_positions = "reference"
-    with pytest.raises(ValueError, match=r"1000 label position\(s\) \+ input length"):
+    with pytest.raises(ValueError, match=r"1000 labels at their own positions.*use label_positions='shared'"):
         reference(ids, mask)
 
 
@@ -84,3 +84,11 @@ def test_shared_positions_on_relative_position_encoders_name_the_supported_ones(
     with pytest.raises(ValueError, match=r"label_positions='shared'.*need an encoder with absolute position "
                                          r"embeddings.*bert, distilbert.*'deberta-v2' uses relative positions"):
         ltc_fast.LtcConfig(encoder=encoder_config("deberta-v2"), num_labels=3, label_positions="shared")
+
+
+def test_more_labels_than_positions_suggests_shared():
+    config = ltc_fast.LtcConfig(encoder=encoder_config("bert", max_position_embeddings=40), num_labels=60)
+    ids, mask = text_batch(1, 5, 0)
+    with pytest.raises(ValueError, match=r"60 labels at their own positions .* leave no room for text in the "
+                                         r"encoder's 40 positions; use label_positions='shared'"):
+        Model(config).eval()(ids, mask)
