@@ -227,3 +227,28 @@ def test_decoupled_survives_save_and_reload(tmp_path):
     torch.testing.assert_close(rechunked(ids, mask).logits, model(ids, mask).logits, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="label_chunk_size must be None or an int >= 1"):
         Model.from_pretrained(tmp_path, label_chunk_size=0)
+
+
+def test_trainer_trains_and_evaluates_with_sampled_labels(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from ltc_fast.data import LabelTokenCollator
+
+    model = decoupled_model("bert", 30, label_positions="shared", sampled_negatives=4, label_chunk_size=8)
+    examples = [{"input_ids": [2, 10 + i % 5, 40, 3], "labels": [i % 5]} for i in range(16)]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3,
+                             report_to=[], use_cpu=True, logging_strategy="no", save_strategy="no")
+    trainer = Trainer(model=model, args=args, train_dataset=examples, eval_dataset=examples[:6],
+                      data_collator=LabelTokenCollator(_tiny_pad_tokenizer(), 30))
+    trainer.train()
+    predictions = trainer.predict(examples[:6])
+    logits = predictions.predictions[0] if isinstance(predictions.predictions, tuple) else predictions.predictions
+    assert logits.shape == (6, 30)  # evaluation scores every label, in chunks
+    assert predictions.metrics["test_loss"] > 0
+
+
+def _tiny_pad_tokenizer():
+    from transformers import BertTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{f"w{i}": i for i in range(4, 101)}}
+    return BertTokenizerFast(vocab=vocab)
