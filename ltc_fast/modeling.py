@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from . import attention, checkpoints, encoders, layout, ops
+from . import attention, checkpoints, encoders, layout, ops, sampling
 from .config import EXECUTION_OPTIONS, MULTI_LABEL, LtcConfig, normalize_problem_type, resolve_label_names
 from .targets import prepare_targets
 
@@ -246,7 +246,13 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         decoupled = self.config.label_attention == "decoupled"
         label_ids = self._check_subset(subset, decoupled, text_ids.device)
         if decoupled and label_ids is None and self.training and targets is not None and self.config.sampled_negatives:
-            label_ids = self._sample_label_ids(targets.values)
+            scores = None
+            if self.config.negative_sampling == "score":
+                if self.negative_sampling_scores is None:
+                    raise ValueError("negative_sampling='score' needs model.set_negative_sampling_scores(scores) first")
+                scores = self.negative_sampling_scores
+            label_ids = sampling.sample_label_ids(targets.values, self.config.problem_type, self.num_labels,
+                                                  self.config.sampled_negatives, scores)
         if decoupled:
             self._check_attention_backend("label_attention='decoupled'", output_attentions)
             logits, encoded = self._decoupled_logits(text_ids, attention_mask, token_type_ids, label_ids,
@@ -255,7 +261,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             logits, encoded = self._full_logits(text_ids, attention_mask, token_type_ids, output_hidden_states,
                                                 output_attentions)
         if targets is not None:
-            values = targets.values if label_ids is None else self._subset_targets(targets.values, label_ids)
+            values = targets.values if label_ids is None else sampling.subset_targets(
+                targets.values, label_ids, self.config.problem_type, self.num_labels)
             if num_items_in_batch is not None:
                 # The Trainer counts label tensor *elements*; the loss averages over loss terms: one per scored
                 # label and row for multi-label, one per row for single-label (whose one-hot rows count N each).
@@ -400,36 +407,6 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                 raise ValueError(f"scores must be {self.num_labels} finite values >= 0 (one per label), got "
                                  f"shape {list(scores.shape)}")
         self.negative_sampling_scores = scores
-
-    def _sample_label_ids(self, targets: torch.Tensor) -> torch.Tensor:
-        """The batch's positive labels plus `sampled_negatives` negatives drawn without replacement, uniformly
-        or in proportion to `negative_sampling_scores`, from torch's generator (seeded like everything else)."""
-        if self.config.problem_type == MULTI_LABEL:
-            positive = targets.gt(0).any(dim=0)
-        else:
-            positive = torch.zeros(self.num_labels, dtype=torch.bool, device=targets.device)
-            positive[targets] = True
-        negatives = (~positive).nonzero().squeeze(1)
-        count = min(self.config.sampled_negatives, negatives.numel())
-        if self.config.negative_sampling == "score":
-            if self.negative_sampling_scores is None:
-                raise ValueError("negative_sampling='score' needs model.set_negative_sampling_scores(scores) first")
-            weights = self.negative_sampling_scores[negatives].clamp_min(1e-12)
-        else:
-            weights = torch.ones(negatives.numel(), device=targets.device)
-        chosen = negatives[torch.multinomial(weights, count)] if count else negatives[:0]
-        return torch.cat([positive.nonzero().squeeze(1), chosen]).sort().values
-
-    def _subset_targets(self, values: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
-        if self.config.problem_type == MULTI_LABEL:
-            return values[:, label_ids]
-        column = torch.full((self.num_labels,), -1, dtype=torch.long, device=values.device)
-        column[label_ids] = torch.arange(label_ids.numel(), device=values.device)
-        remapped = column[values]
-        if (remapped < 0).any():
-            raise ValueError("subset must include every row's class for single-label targets; missing "
-                             f"{sorted(set(values[remapped < 0].tolist()))}")
-        return remapped
 
     # ------------------------------------------------------------------ inputs
     def _text_inputs(self, input_ids, attention_mask, token_type_ids):
