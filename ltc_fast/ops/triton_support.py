@@ -23,9 +23,14 @@ def triton_available() -> bool:
     return triton is not None
 
 
+# Read once, at import: `triton.jit` decided then, when ltc_fast's kernels were defined, whether they are
+# interpreted (and torch.compile cannot trace triton's own environment lookup).
+_INTERPRETING = triton is not None and bool(triton.knobs.runtime.interpret)
+
+
 def interpreting() -> bool:
-    """Whether triton runs kernels in its CPU interpreter (decided when the kernels were defined)."""
-    return triton is not None and bool(triton.knobs.runtime.interpret)
+    """Whether ltc_fast's Triton kernels run in Triton's CPU interpreter."""
+    return _INTERPRETING
 
 
 def triton_applies(requested: str | None, *tensors: torch.Tensor) -> tuple[bool, str]:
