@@ -48,6 +48,8 @@ def inject_label_embeddings_torch(
 
 # ------------------------------------------------------------------------------------------ Triton kernels
 if triton is not None:
+    # Globals read inside kernels must be constexpr objects for Triton's compiler.
+    _LABEL_START = tl.constexpr(LABEL_START)
 
     @triton.jit
     def _sequence_of_rows(rows, row_ok, cu_seqlens_ptr, num_seqs, num_labels, SEARCH_STEPS: tl.constexpr):
@@ -82,10 +84,10 @@ if triton is not None:
             seq = rows // (text_len + num_labels)
             text_start = seq * text_len
         position = rows - text_start - seq * num_labels  # within the sequence: [CLS], labels, the rest
-        is_label = (position >= LABEL_START) & (position < LABEL_START + num_labels)
-        text_index = text_start + tl.where(position < LABEL_START, position, position - num_labels)
+        is_label = (position >= _LABEL_START) & (position < _LABEL_START + num_labels)
+        text_index = text_start + tl.where(position < _LABEL_START, position, position - num_labels)
         word_id = tl.load(text_ids_ptr + text_index, mask=row_ok & ~is_label, other=0).to(tl.int64)
-        label_id = position - LABEL_START
+        label_id = position - _LABEL_START
         both_ok = row_ok[:, None] & col_ok[None, :]
         word_row = tl.load(word_ptr + word_id[:, None] * word_stride + cols[None, :],
                            mask=both_ok & ~is_label[:, None], other=0.0)
@@ -114,7 +116,7 @@ if triton is not None:
                 text_start = tl.load(cu_seqlens_ptr + seq).to(tl.int64)
             else:
                 text_start = (seq * text_len).to(tl.int64)
-            rows = text_start + seq * num_labels + LABEL_START + labels
+            rows = text_start + seq * num_labels + _LABEL_START + labels
             total += tl.load(grad_ptr + rows[:, None] * width + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             seq += 1
         tl.store(out_ptr + labels[:, None] * width + cols[None, :], total.to(out_ptr.dtype.element_ty), mask=mask)

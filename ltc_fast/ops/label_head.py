@@ -59,6 +59,8 @@ def label_head_logits_torch(
 
 # ------------------------------------------------------------------------------------------ Triton kernels
 if triton is not None:
+    # Globals read inside kernels must be constexpr objects for Triton's compiler.
+    _LABEL_START = tl.constexpr(LABEL_START)
 
     @triton.jit
     def _keep(seed, items, cols, p, H: tl.constexpr):
@@ -71,7 +73,7 @@ if triton is not None:
         """The row of `hidden_states` (flattened to `[rows, H]`) holding each label item `b * N + i`."""
         if GIVEN_ROWS:
             return tl.load(label_rows_ptr + items, mask=item_ok, other=0).to(tl.int64)
-        return (items // num_labels) * seq_len + LABEL_START + items % num_labels
+        return (items // num_labels) * seq_len + _LABEL_START + items % num_labels
 
     @triton.jit
     def _head_forward_kernel(
