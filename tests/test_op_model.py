@@ -1,0 +1,40 @@
+"""The model on the Triton kernels (what `ops_backend="auto"` picks on CUDA; here forced onto them, in Triton's
+interpreter on the CPU) equals the model on the plain-PyTorch twins: logits, loss and every gradient."""
+
+import pytest
+import torch
+
+from conftest import assert_relative_close, needs_triton, random_targets, reference_and_ltc, text_batch
+from ltc_fast.ops import label_embedding, label_head
+
+
+def _run(model, text_ids, mask, targets):
+    model.zero_grad(set_to_none=True)
+    out = model(text_ids, attention_mask=mask, labels=targets)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@needs_triton
+@pytest.mark.parametrize("arch", ["bert", "roberta"])  # padding_idx 0 and 1
+def test_model_on_the_kernels_equals_the_model_on_the_twins(arch, monkeypatch):
+    _, model = reference_and_ltc(arch, 5)
+    text_ids, mask = text_batch(3, 9, pad_id=model.config.encoder.pad_token_id)
+    targets = random_targets("multi_label_classification", 3, 5)
+    twin_logits, twin_grads = _run(model, text_ids, mask, targets)
+
+    calls = []
+    for module, name in ((label_embedding, "_inject_op"), (label_head, "_head_op")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, real=real, name=name: calls.append(name) or real(*args))
+        # "auto" (the model's default) takes the kernels as it does on CUDA
+        monkeypatch.setattr(module, "triton_applies", lambda requested, *tensors: (True, ""))
+    kernel_logits, kernel_grads = _run(model, text_ids, mask, targets)
+
+    assert calls == ["_inject_op", "_head_op"]
+    assert_relative_close(kernel_logits, twin_logits, 1e-5, "logits")
+    assert set(kernel_grads) == set(twin_grads)
+    scale = max(g.abs().max() for g in twin_grads.values())
+    for name, grad in kernel_grads.items():
+        expected = twin_grads[name]
+        assert_relative_close(grad, expected, 1e-5, name, scale=torch.maximum(expected.abs().max(), scale * 1e-2))
