@@ -3,6 +3,8 @@ interpreter) against its plain-PyTorch twin, padded and packed, forward and ever
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import OP_DEVICE, assert_relative_close, needs_triton
 from ltc_fast import layout
@@ -64,6 +66,22 @@ def test_kernel_matches_the_twin_forward_and_gradients(batch, num_labels, width,
     poisoned = torch.full_like(labels, float("nan"))
     emb.label_grad_triton(grad, cu_seqlens, num_labels, out=poisoned)
     assert_relative_close(poisoned, expected_grads[1], 1e-5, "label grad launcher")
+
+
+@needs_triton
+@settings(max_examples=12, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 6), num_labels=st.integers(1, 9), width=st.integers(1, 300), packed=st.booleans())
+def test_random_shapes_match_the_twin(batch, num_labels, width, packed):
+    words, labels = _tables(num_labels, width)
+    ids, cu_seqlens = _text(batch, packed)
+    expected = emb.inject_label_embeddings_torch(ids, words, labels, PAD, cu_seqlens)
+    actual = emb.inject_label_embeddings(ids, words, labels, PAD, backend="triton", cu_seqlens=cu_seqlens)
+    assert torch.equal(actual, expected)
+    grad = torch.randn_like(expected)
+    params = (words, labels)
+    for a, e in zip(torch.autograd.grad(actual, params, grad), torch.autograd.grad(expected, params, grad)):
+        assert_relative_close(a, e, 1e-5)
 
 
 def test_packed_twin_equals_each_sequence_embedded_alone():

@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import OP_DEVICE, assert_relative_close, needs_triton
 from ltc_fast import layout
@@ -74,6 +76,27 @@ def test_kernel_matches_the_twin_forward_and_gradients(batch, num_labels, hidden
         grad_hidden[label_rows.flatten()] = float("nan")
     head.head_backward_triton(grad, *detached, label_rows, num_labels, dropout_p, seed, grad_hidden=grad_hidden)
     assert_relative_close(grad_hidden, expected_grads[0], 1e-5, "hidden-state gradient launcher")
+
+
+@needs_triton
+@settings(max_examples=12, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 6), num_labels=st.integers(1, 40), hidden=st.integers(1, 300), packed=st.booleans(),
+       dropout_p=st.sampled_from([0.0, 0.1, 0.9]))
+def test_random_shapes_match_the_twin(batch, num_labels, hidden, packed, dropout_p):
+    (states, weight, bias), label_rows = _inputs(batch, num_labels, hidden, packed)
+    seed = torch.randint(1 << 20, ()).item()
+    torch.manual_seed(seed)
+    actual = head.label_head_logits(states, weight, bias, num_labels, dropout_p, True, backend="triton",
+                                    label_rows=label_rows)
+    torch.manual_seed(seed)
+    mask = _kernel_mask(head.draw_dropout_seed(), batch, num_labels, hidden, dropout_p) if dropout_p else None
+    expected = head.label_head_logits_torch(states, weight, bias, num_labels, dropout_p, True, label_rows, mask)
+    assert_relative_close(actual, expected, 1e-5, "logits")
+    grad = torch.randn_like(expected)
+    params = (states, weight, bias)
+    for a, e in zip(torch.autograd.grad(actual, params, grad), torch.autograd.grad(expected, params, grad)):
+        assert_relative_close(a, e, 1e-5)
 
 
 @needs_triton

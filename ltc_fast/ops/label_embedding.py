@@ -145,7 +145,9 @@ def inject_forward_triton(text_ids, cu_seqlens, word_embeddings, label_embedding
     text_ids = text_ids.contiguous()
     word_embeddings = word_embeddings if word_embeddings.stride(1) == 1 else word_embeddings.contiguous()
     label_embeddings = label_embeddings if label_embeddings.stride(1) == 1 else label_embeddings.contiguous()
-    total_rows = out.numel() // width
+    total_rows = out.shape[0] * (out.shape[1] if out.dim() == 3 else 1)
+    if out.numel() == 0:
+        return out  # an empty batch: no program to launch
     block_cols = _column_block(width)
     block_rows = max(1, 4096 // block_cols)
     grid = (triton.cdiv(total_rows, block_rows), triton.cdiv(width, block_cols))
@@ -169,6 +171,8 @@ def label_grad_triton(grad_out, cu_seqlens, num_labels, out=None) -> torch.Tenso
         batch, text_len = cu_seqlens.shape[0] - 1, 0
     if out is None:
         out = grad_out.new_empty(num_labels, width)
+    if batch == 0:
+        return out.zero_()
     block_cols = _column_block(width)
     block_labels = max(1, min(triton.next_power_of_2(num_labels), 2048 // block_cols))
     grid = (triton.cdiv(num_labels, block_labels), triton.cdiv(width, block_cols))

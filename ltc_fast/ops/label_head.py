@@ -182,6 +182,8 @@ def head_forward_triton(hidden_states, weight, bias, label_rows, num_labels, dro
         out = hidden_states.new_empty(batch, num_labels)
     dropout, seed, p, scale = _dropout_args(dropout_p, seed)
     num_items = batch * num_labels
+    if num_items == 0:
+        return out  # an empty batch: no program to launch
     _head_forward_kernel[(triton.cdiv(num_items, _FORWARD_ITEMS),)](
         hidden_states, hidden_states if label_rows is None else label_rows.contiguous(), weight.contiguous(),
         bias, out, seed, p, scale, num_items, num_labels, seq_len,
@@ -203,7 +205,7 @@ def head_backward_triton(grad_logits, hidden_states, weight, bias, label_rows, n
         grad_hidden = torch.zeros_like(hidden_states)
     dropout, seed, p, scale = _dropout_args(dropout_p, seed)
     num_items = batch * num_labels
-    programs = triton.cdiv(num_items, _BACKWARD_ITEMS)
+    programs = max(triton.cdiv(num_items, _BACKWARD_ITEMS), 1)  # one program (of no items) for an empty batch
     weight_partials = torch.empty(programs, hidden, dtype=torch.float32, device=hidden_states.device)
     _head_backward_kernel[(programs,)](
         grad_logits, hidden_states, hidden_states if label_rows is None else label_rows.contiguous(),
