@@ -45,5 +45,9 @@ def test_both_ops_compile_without_graph_breaks(dropout_p, fresh_seed):
 @pytest.mark.gpu
 @needs_triton
 def test_both_ops_compile_with_inductor_on_cuda(fresh_seed):
+    import torch._inductor.config as inductor_config
+
     torch._dynamo.reset()
-    _compare_compiled_with_eager("inductor", "cuda", 0.1, fresh_seed)
+    # Inductor's own RNG would draw another dropout seed than eager; fall back to torch's to compare.
+    with inductor_config.patch(fallback_random=True):
+        _compare_compiled_with_eager("inductor", "cuda", 0.1, fresh_seed)

@@ -4,7 +4,7 @@ interpreter on the CPU) equals the model on the plain-PyTorch twins: logits, los
 import pytest
 import torch
 
-from conftest import assert_relative_close, needs_triton, random_targets, reference_and_ltc, text_batch
+from conftest import OP_DEVICE, assert_relative_close, needs_triton, random_targets, reference_and_ltc, text_batch
 from ltc_fast.ops import label_embedding, label_head
 
 
@@ -18,9 +18,10 @@ def _run(model, text_ids, mask, targets):
 @needs_triton
 @pytest.mark.parametrize("arch", ["bert", "roberta"])  # padding_idx 0 and 1
 def test_model_on_the_kernels_equals_the_model_on_the_twins(arch, monkeypatch):
-    _, model = reference_and_ltc(arch, 5)
+    model = reference_and_ltc(arch, 5)[1].to(OP_DEVICE)
     text_ids, mask = text_batch(3, 9, pad_id=model.config.encoder.pad_token_id)
     targets = random_targets("multi_label_classification", 3, 5)
+    text_ids, mask, targets = (t.to(OP_DEVICE) for t in (text_ids, mask, targets))
     twin_logits, twin_grads = _run(model, text_ids, mask, targets)
 
     calls = []
