@@ -1,11 +1,19 @@
 """The model on the Triton kernels (what `ops_backend="auto"` picks on CUDA; here forced onto them, in Triton's
-interpreter on the CPU) equals the model on the plain-PyTorch twins: logits, loss and every gradient."""
+interpreter on the CPU) equals the model on the plain-PyTorch twins: logits, loss and every gradient. And the
+package works without triton."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import OP_DEVICE, assert_relative_close, needs_triton, random_targets, reference_and_ltc, text_batch
 from ltc_fast.ops import label_embedding, label_head
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(model, text_ids, mask, targets):
@@ -39,3 +47,22 @@ def test_model_on_the_kernels_equals_the_model_on_the_twins(arch, monkeypatch):
     for name, grad in kernel_grads.items():
         expected = twin_grads[name]
         assert_relative_close(grad, expected, 1e-5, name, scale=torch.maximum(expected.abs().max(), scale * 1e-2))
+
+
+def test_the_package_works_without_triton():
+    """triton is optional: with it unimportable, `import ltc_fast` works and the model runs on the twins."""
+    script = (
+        "import sys; sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
+        "import torch, ltc_fast\n"
+        "from ltc_fast.ops.triton_support import triton_available\n"
+        "assert not triton_available()\n"
+        "words, labels = torch.randn(10, 8), torch.randn(2, 8)\n"
+        "out = ltc_fast.ops.inject_label_embeddings(torch.randint(0, 10, (2, 4)), words, labels)\n"
+        "logits = ltc_fast.ops.label_head_logits(out, torch.randn(1, 8), torch.randn(1), 2)\n"
+        "print(tuple(logits.shape))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "(2, 2)"
