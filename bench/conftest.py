@@ -105,6 +105,22 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_line(
             f"{workload} {mode:5}: {baseline['median_s'] / record['median_s']:.2f}x faster, "
             f"peak memory {record['peak_mib'] / max(baseline['peak_mib'], 1e-9):.2f}x of the reference's")
+    _op_summary(terminalreporter, bench.records)
     path = getattr(config, "_ltc_results_path", None)
     if path:
         terminalreporter.write_line(f"results: {path}")
+
+
+def _op_summary(terminalreporter, records) -> None:
+    """Op benches: Triton kernel against its torch twin, and the kernel's share of the copy bandwidth."""
+    ops = {(r["op"], r["workload"], r["mode"], r["contender"]): r for r in records if "op" in r}
+    lines = []
+    for (op, workload, mode, contender), record in sorted(ops.items()):
+        twin = ops.get((op, workload, mode, "torch"))
+        if contender == "triton" and twin is not None:
+            lines.append(f"{op} {workload} {mode:7}: {twin['median_s'] / record['median_s']:.2f}x the torch twin, "
+                         f"{record['gbps']:.0f} GB/s = {record['fraction_of_copy']:.0%} of copy bandwidth")
+    if lines:
+        terminalreporter.section("ltc_fast ops: Triton kernel / torch twin")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -126,3 +126,31 @@ def label_block_to_text_ids(input_ids: torch.Tensor, num_labels: int, label_toke
             f"elsewhere; got {input_ids[row].tolist()}"
         )
     return text_ids
+
+
+# ---------------------------------------------------------------- packed (unpadded) layout
+# Packed text ids are one 1-D tensor `[total_text]` with `cu_seqlens` `[B + 1]` (int32 or int64): text b holds
+# ids `cu_seqlens[b] .. cu_seqlens[b + 1] - 1`. With its N label rows inserted after [CLS], sequence b occupies
+# rows `cu_seqlens[b] + b * N .. cu_seqlens[b + 1] + (b + 1) * N - 1` of the packed encoder input.
+
+
+def packed_label_rows(cu_seqlens: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """int64 `[B, N]`: the packed row of label i of sequence b."""
+    batch = cu_seqlens.numel() - 1
+    seq_index = torch.arange(batch, device=cu_seqlens.device)
+    label_index = torch.arange(num_labels, device=cu_seqlens.device)
+    starts = cu_seqlens[:-1].long() + seq_index * num_labels + LABEL_START
+    return starts[:, None] + label_index[None, :]
+
+
+def packed_text_rows(cu_seqlens: torch.Tensor, num_labels: int, total_text: int) -> torch.Tensor:
+    """int64 `[total_text]`: the packed row of each text token (labels shift every token after [CLS] by N)."""
+    token = torch.arange(total_text, device=cu_seqlens.device)
+    seq = torch.searchsorted(cu_seqlens[1:].long(), token, right=True)
+    after_labels = (token - cu_seqlens.long()[seq]) >= LABEL_START
+    return token + seq * num_labels + after_labels * num_labels
+
+
+def uniform_cu_seqlens(batch_size: int, text_len: int, device) -> torch.Tensor:
+    """The offsets of a padded `[B, T]` batch read as packed texts of length T each."""
+    return torch.arange(batch_size + 1, device=device, dtype=torch.int64) * text_len

@@ -300,17 +300,22 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
 
     # ------------------------------------------------------------------ full attention (the reference's)
     def _full_logits(self, text_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions):
-        inputs = self._encoder_inputs(text_ids, attention_mask, token_type_ids)
+        self._check_length(text_ids.shape[1])
+        inputs = self._layout_inputs(text_ids, attention_mask, token_type_ids)
         batch, seq_len = inputs["attention_mask"].shape
         if not self._packs(inputs["attention_mask"], output_hidden_states, output_attentions):
-            encoded = self.transformer(**inputs, output_hidden_states=output_hidden_states,
-                                       output_attentions=output_attentions, return_dict=True)
+            encoded = self.transformer(**inputs, inputs_embeds=self._embed(text_ids), return_dict=True,
+                                       output_hidden_states=output_hidden_states, output_attentions=output_attentions)
             rows = torch.arange(batch * seq_len, device=text_ids.device).view(batch, seq_len)
             label_rows = rows[:, layout.LABEL_START:layout.LABEL_START + self.num_labels]
             return self._head(encoded.last_hidden_state.reshape(batch * seq_len, -1), label_rows), encoded
+        # Packed: the real tokens of every sequence back to back in one row, offsets in cu_seqlens.
         packing = layout.pack(inputs.pop("attention_mask"), self.num_labels)
-        packed = {name: value.reshape(batch * seq_len, *value.shape[2:])[packing.rows].unsqueeze(0)
-                  for name, value in inputs.items()}
+        packed = {name: value.reshape(-1)[packing.rows].unsqueeze(0) for name, value in inputs.items()}
+        text_real = attention_mask.bool()
+        text_offsets = torch.zeros(batch + 1, dtype=torch.int64, device=text_ids.device)
+        text_offsets[1:] = torch.cumsum(text_real.sum(dim=1), 0)
+        packed["inputs_embeds"] = self._embed(text_ids[text_real], cu_seqlens=text_offsets).unsqueeze(0)
         encoded = self.transformer(
             **packed, output_hidden_states=output_hidden_states, return_dict=True,
             ltc_packed=attention.PackedSequences(packing.cu_seqlens, packing.max_seqlen),
@@ -454,18 +459,20 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                     f"{self.num_labels} labels exceed the encoder's {limit} positions; use label_positions='shared'"
                 )
 
-    def _encoder_inputs(self, text_ids, attention_mask, token_type_ids) -> dict:
+    def _embed(self, text_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """Word embeddings of the text with the label rows injected (padded `[B, T]` or packed ids)."""
+        words = self.transformer.get_input_embeddings()
+        return ops.inject_label_embeddings(text_ids, words.weight, self.label_embeddings.weight,
+                                           padding_idx=words.padding_idx, backend=self.config.ops_backend,
+                                           cu_seqlens=cu_seqlens)
+
+    def _layout_inputs(self, text_ids, attention_mask, token_type_ids) -> dict:
+        """Attention mask, position ids and token types `[B, T + N]` of the label-token sequence."""
         encoder_config = self.config.encoder
         spec = encoders.encoder_spec(encoder_config)
-        self._check_length(text_ids.shape[1])
         position_ids = (layout.reference_position_ids if self.config.label_positions == "reference"
                         else layout.shared_position_ids)
-        words = self.transformer.get_input_embeddings()
         inputs = {
-            "inputs_embeds": ops.inject_label_embeddings(
-                text_ids, words.weight, self.label_embeddings.weight, padding_idx=words.padding_idx,
-                backend=self.config.ops_backend,
-            ),
             "attention_mask": layout.insert_label_slots(attention_mask, self.num_labels, 1),
             "position_ids": position_ids(text_ids, self.num_labels, spec.position_scheme, encoder_config.pad_token_id),
         }

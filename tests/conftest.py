@@ -106,6 +106,13 @@ def random_targets(problem_type: str, batch_size: int, num_labels: int):
     return torch.randint(0, num_labels, (batch_size,))
 
 
+# Kernel tests run on CUDA where there is one, else in Triton's CPU interpreter (the root conftest sets
+# TRITON_INTERPRET=1 on machines without CUDA); they need triton installed (the `test` extra pulls it in).
+OP_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton = pytest.mark.skipif(not ltc_fast.ops.triton_support.triton_available(),
+                                  reason="triton is not installed")
+
+
 def assert_relative_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str = "",
                           scale: torch.Tensor | float | None = None):
     """max |actual - expected| <= tol * scale, with scale = max |expected| by default: relative to the

@@ -1,7 +1,8 @@
 """Fused operations of the label-token model, one module per op.
 
-Each module's public function is the plain-PyTorch definition of the op: the test oracle of any fast
-kernel added beside it, and the path used where no kernel applies.
+Each module holds one op: its plain-PyTorch twin (`*_torch`, the definition and the test oracle), its fast
+kernel where there is one (Triton, registered as a `torch.library` custom op) and the public function, which
+picks one of them through `dispatch.resolve_backend` (`backend=`, `LTC_FAST_BACKEND=torch`).
 """
 
 from .label_embedding import inject_label_embeddings

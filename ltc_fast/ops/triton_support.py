@@ -1,0 +1,50 @@
+"""Triton as an optional dependency: the guarded import and when an op's Triton kernel may run.
+
+`import ltc_fast` works without triton; kernels are then simply unavailable and every op runs its
+plain-PyTorch twin. Triton kernels run on CUDA tensors, and on CPU tensors only under Triton's interpreter
+(`TRITON_INTERPRET=1`, set before triton is imported), which the tests use to check the kernels on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the package works without it: every op falls back to its twin
+    triton = None
+    tl = None
+
+FAST = "triton"  # the name of the fast backend of the ops that use Triton
+
+
+def triton_available() -> bool:
+    return triton is not None
+
+
+# Read once, at import: `triton.jit` decided then, when ltc_fast's kernels were defined, whether they are
+# interpreted (and torch.compile cannot trace triton's own environment lookup).
+_INTERPRETING = triton is not None and bool(triton.knobs.runtime.interpret)
+
+
+def interpreting() -> bool:
+    """Whether ltc_fast's Triton kernels run in Triton's CPU interpreter."""
+    return _INTERPRETING
+
+
+def triton_applies(requested: str | None, *tensors: torch.Tensor) -> tuple[bool, str]:
+    """`(applies, why_not)` for `dispatch.resolve_backend`: Triton applies to CUDA tensors when triton is
+    installed; CPU tensors go to the interpreter only when the caller asked for `backend="triton"`, so
+    `"auto"` keeps the twin on the CPU."""
+    if triton is None:
+        return False, "triton is not installed (pip install 'ltc-fast[triton]')"
+    devices = {t.device.type for t in tensors}
+    if devices == {"cuda"}:
+        return True, ""
+    if devices == {"cpu"} and interpreting() and requested == FAST:
+        return True, ""
+    if devices == {"cpu"}:
+        return False, "the tensors are on the CPU; Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 " \
+                      "set before triton is imported, to run them in Triton's interpreter)"
+    return False, f"the tensors are on devices {sorted(devices)}; Triton kernels need them all on one CUDA device"

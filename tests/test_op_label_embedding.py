@@ -1,0 +1,199 @@
+"""The label-embedding injection: the Triton kernel (forced with backend="triton"; on the CPU in Triton's
+interpreter) against its plain-PyTorch twin, padded and packed, forward and every gradient."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import OP_DEVICE, assert_relative_close, needs_triton
+from ltc_fast import layout
+from ltc_fast.ops import label_embedding as emb
+from ltc_fast.ops import triton_support
+from ltc_fast.ops.dispatch import ENV_VAR
+
+VOCAB = 37
+PAD = 1
+# (batch, labels, width): odd B and N, B = 1 and N = 1, widths not powers of two; the wide ones kept tiny
+# because the interpreter is slow.
+SHAPES = [(1, 1, 64), (3, 5, 64), (5, 3, 96), (1, 2, 384), (2, 1, 768)]
+
+
+def _tables(num_labels, width, dtype=torch.float32):
+    words = torch.randn(VOCAB, width, device=OP_DEVICE, dtype=dtype, requires_grad=True)
+    labels = torch.randn(num_labels, width, device=OP_DEVICE, dtype=dtype, requires_grad=True)
+    return words, labels
+
+
+def _text(batch, packed):
+    """Text ids with padding ids and repeated ids in them; packed: random lengths 1..7 and int32 offsets."""
+    if packed:
+        lengths = torch.randint(1, 8, (batch,))
+        cu_seqlens = torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).int()]).to(OP_DEVICE)
+        ids = torch.randint(0, VOCAB, (int(lengths.sum()),), device=OP_DEVICE)
+    else:
+        cu_seqlens = None
+        ids = torch.randint(0, VOCAB, (batch, 6), device=OP_DEVICE)
+    ids.view(-1)[-1] = PAD  # the padding row is always looked up, so its zero gradient is tested
+    ids.view(-1)[0] = 5
+    ids.view(-1)[ids.numel() // 2] = 5  # a repeated id: its gradient rows are summed
+    return ids, cu_seqlens
+
+
+@needs_triton
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("batch,num_labels,width", SHAPES)
+def test_kernel_matches_the_twin_forward_and_gradients(batch, num_labels, width, packed):
+    words, labels = _tables(num_labels, width)
+    ids, cu_seqlens = _text(batch, packed)
+    expected = emb.inject_label_embeddings_torch(ids, words, labels, PAD, cu_seqlens)
+
+    # The launcher writes every element of a NaN-poisoned buffer, with exactly the twin's values (a copy).
+    poisoned = torch.full_like(expected, float("nan"))
+    emb.inject_forward_triton(ids, cu_seqlens, words.detach(), labels.detach(), out=poisoned)
+    assert torch.equal(poisoned, expected.detach())
+
+    actual = emb.inject_label_embeddings(ids, words, labels, PAD, backend="triton", cu_seqlens=cu_seqlens)
+    assert torch.equal(actual, expected)
+    grad = torch.randn_like(expected)
+    actual_grads = torch.autograd.grad(actual, (words, labels), grad)
+    expected_grads = torch.autograd.grad(expected, (words, labels), grad)
+    for what, a, e in zip(("word table", "label table"), actual_grads, expected_grads):
+        assert_relative_close(a, e, 1e-5, what)
+    assert not actual_grads[0][PAD].any(), "the padding row must get no gradient"
+    assert actual_grads[0][5].abs().sum() > 0
+
+    poisoned = torch.full_like(labels, float("nan"))
+    emb.label_grad_triton(grad, cu_seqlens, num_labels, out=poisoned)
+    assert_relative_close(poisoned, expected_grads[1], 1e-5, "label grad launcher")
+
+
+@needs_triton
+@settings(max_examples=12, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 6), num_labels=st.integers(1, 9), width=st.integers(1, 300), packed=st.booleans())
+def test_random_shapes_match_the_twin(batch, num_labels, width, packed):
+    words, labels = _tables(num_labels, width)
+    ids, cu_seqlens = _text(batch, packed)
+    expected = emb.inject_label_embeddings_torch(ids, words, labels, PAD, cu_seqlens)
+    actual = emb.inject_label_embeddings(ids, words, labels, PAD, backend="triton", cu_seqlens=cu_seqlens)
+    assert torch.equal(actual, expected)
+    grad = torch.randn_like(expected)
+    params = (words, labels)
+    for a, e in zip(torch.autograd.grad(actual, params, grad), torch.autograd.grad(expected, params, grad)):
+        assert_relative_close(a, e, 1e-5)
+
+
+def test_packed_twin_equals_each_sequence_embedded_alone():
+    """The packed twin is an oracle too: sequence b sits at rows cu[b] + b*N .. in the padded twin's order."""
+    words, labels = _tables(3, 8)
+    ids, cu_seqlens = _text(4, packed=True)
+    packed = emb.inject_label_embeddings_torch(ids, words, labels, PAD, cu_seqlens)
+    offsets = cu_seqlens.tolist()
+    assert packed.shape == (offsets[-1] + 4 * 3, 8)
+    for b in range(4):
+        alone = emb.inject_label_embeddings_torch(ids[None, offsets[b]:offsets[b + 1]], words, labels, PAD)[0]
+        start = offsets[b] + b * 3
+        assert torch.equal(packed[start:start + alone.shape[0]], alone)
+    assert torch.equal(packed[layout.packed_label_rows(cu_seqlens, 3)], labels.expand(4, 3, 8))
+
+
+@needs_triton
+def test_backward_is_deterministic():
+    words, labels = _tables(4, 64)
+    ids, cu_seqlens = _text(5, packed=True)
+    out = emb.inject_label_embeddings(ids, words, labels, PAD, backend="triton", cu_seqlens=cu_seqlens)
+    grad = torch.randn_like(out)
+    first = torch.autograd.grad(out, (words, labels), grad, retain_graph=True)
+    second = torch.autograd.grad(out, (words, labels), grad)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@needs_triton
+def test_custom_ops_pass_opcheck():
+    words, labels = _tables(2, 24)
+    for packed in (False, True):
+        ids, cu_seqlens = _text(3, packed)
+        torch.library.opcheck(emb._inject_op, (ids, cu_seqlens, words, labels, PAD))
+        grad = torch.randn(emb._output_shape(ids, cu_seqlens, 2, 24), device=OP_DEVICE)
+        torch.library.opcheck(emb._label_grad_op, (grad, cu_seqlens, 2))
+
+
+# ---------------------------------------------------------------------------------------------- dispatch
+def test_auto_runs_the_twin_on_the_cpu(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(emb, "_inject_op", lambda *args: pytest.fail("the Triton op ran on CPU tensors"))
+    words, labels = _tables(2, 8)
+    ids = torch.randint(0, VOCAB, (2, 4))
+    out = emb.inject_label_embeddings(ids, words.cpu(), labels.cpu(), PAD)
+    assert out.shape == (2, 6, 8)
+
+
+def test_forcing_triton_without_it_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(triton_support, "triton", None)
+    ids = torch.randint(0, VOCAB, (2, 4))
+    with pytest.raises(RuntimeError, match=r"backend='triton'.*triton is not installed"):
+        emb.inject_label_embeddings(ids, torch.randn(VOCAB, 8), torch.randn(2, 8), backend="triton")
+
+
+@needs_triton
+def test_forcing_triton_on_cpu_tensors_without_the_interpreter_is_refused(monkeypatch):
+    monkeypatch.setattr(triton_support, "interpreting", lambda: False)
+    ids = torch.randint(0, VOCAB, (2, 4))
+    with pytest.raises(RuntimeError, match=r"backend='triton'.*on the CPU.*TRITON_INTERPRET=1"):
+        emb.inject_label_embeddings(ids, torch.randn(VOCAB, 8), torch.randn(2, 8), backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("change,message", [
+    (dict(ids=torch.tensor([[0, 1, VOCAB]])), r"text_ids must lie in \[0, 37\).*0 to 37"),
+    (dict(ids=torch.tensor([[0.0, 1.0]])), "text_ids must be an integer tensor"),
+    (dict(ids=torch.tensor([0, 1, 2])), r"text_ids must be \[batch_size, seq_len\].*got shape \[3\]"),
+    (dict(labels=torch.randn(2, 7)), "label_embeddings must match word_embeddings' width and dtype"),
+    (dict(labels=torch.randn(2, 8, dtype=torch.float64)), "label_embeddings must match"),
+    (dict(ids=torch.tensor([0, 1, 2]), cu_seqlens=torch.tensor([0, 2, 2], dtype=torch.int32)),
+     r"cu_seqlens must rise from 0 to len\(text_ids\) = 3 .*got \[0, 2, 2\]"),
+    (dict(ids=torch.tensor([0, 1, 2]), cu_seqlens=torch.tensor([0, 1.0, 3])), "cu_seqlens must be int32 or int64"),
+    (dict(ids=torch.tensor([[0, 1]]), cu_seqlens=torch.tensor([0, 2])), "with cu_seqlens, text_ids must be 1-D"),
+])
+def test_bad_input_is_reported_before_any_kernel(backend, change, message):
+    args = dict(ids=torch.tensor([[0, 1, 2]]), labels=torch.randn(2, 8), cu_seqlens=None) | change
+    with pytest.raises(ValueError, match=message):
+        emb.inject_label_embeddings(args["ids"], torch.randn(VOCAB, 8), args["labels"], backend=backend,
+                                    cu_seqlens=args["cu_seqlens"])
+
+
+# ----------------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_kernel_error_is_at_most_twice_torchs_own(dtype):
+    words, labels = _tables(28, 768)
+    ids, cu_seqlens = _text(5, packed=False)
+    low = [t.detach().to(dtype).requires_grad_() for t in (words, labels)]
+    grad = torch.randn(5, 6 + 28, 768, device="cuda")
+    exact = emb.inject_label_embeddings_torch(ids, words, labels, PAD)
+    exact_grads = torch.autograd.grad(exact, (words, labels), grad)
+    results = {}
+    for backend in ("torch", "triton"):
+        out = emb.inject_label_embeddings(ids, *low, PAD, backend=backend)
+        results[backend] = (out, *torch.autograd.grad(out, low, grad.to(dtype)))
+    for index, exact_value in enumerate((exact, *exact_grads)):
+        ours = (results["triton"][index].float() - exact_value).abs().max()
+        theirs = (results["torch"][index].float() - exact_value).abs().max()
+        assert ours <= 2 * theirs + 1e-6, (index, ours.item(), theirs.item())
+
+
+@pytest.mark.gpu
+@needs_triton
+def test_cuda_auto_picks_triton(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    calls = []
+    real = emb._inject_op
+    monkeypatch.setattr(emb, "_inject_op", lambda *args: calls.append(1) or real(*args))
+    words, labels = _tables(3, 64)
+    emb.inject_label_embeddings(torch.randint(0, VOCAB, (2, 5), device="cuda"), words, labels, PAD)
+    assert calls == [1]
+    monkeypatch.setenv(ENV_VAR, "torch")
+    emb.inject_label_embeddings(torch.randint(0, VOCAB, (2, 5), device="cuda"), words, labels, PAD)
+    assert calls == [1]

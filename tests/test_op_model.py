@@ -1,0 +1,68 @@
+"""The model on the Triton kernels (what `ops_backend="auto"` picks on CUDA; here forced onto them, in Triton's
+interpreter on the CPU) equals the model on the plain-PyTorch twins: logits, loss and every gradient. And the
+package works without triton."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import OP_DEVICE, assert_relative_close, needs_triton, random_targets, reference_and_ltc, text_batch
+from ltc_fast.ops import label_embedding, label_head
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(model, text_ids, mask, targets):
+    model.zero_grad(set_to_none=True)
+    out = model(text_ids, attention_mask=mask, labels=targets)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@needs_triton
+@pytest.mark.parametrize("arch", ["bert", "roberta"])  # padding_idx 0 and 1
+def test_model_on_the_kernels_equals_the_model_on_the_twins(arch, monkeypatch):
+    model = reference_and_ltc(arch, 5)[1].to(OP_DEVICE)
+    text_ids, mask = text_batch(3, 9, pad_id=model.config.encoder.pad_token_id)
+    targets = random_targets("multi_label_classification", 3, 5)
+    text_ids, mask, targets = (t.to(OP_DEVICE) for t in (text_ids, mask, targets))
+    twin_logits, twin_grads = _run(model, text_ids, mask, targets)
+
+    calls = []
+    for module, name in ((label_embedding, "_inject_op"), (label_head, "_head_op")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, real=real, name=name: calls.append(name) or real(*args))
+        # "auto" (the model's default) takes the kernels as it does on CUDA
+        monkeypatch.setattr(module, "triton_applies", lambda requested, *tensors: (True, ""))
+    kernel_logits, kernel_grads = _run(model, text_ids, mask, targets)
+
+    assert calls == ["_inject_op", "_head_op"]
+    assert_relative_close(kernel_logits, twin_logits, 1e-5, "logits")
+    assert set(kernel_grads) == set(twin_grads)
+    scale = max(g.abs().max() for g in twin_grads.values())
+    for name, grad in kernel_grads.items():
+        expected = twin_grads[name]
+        assert_relative_close(grad, expected, 1e-5, name, scale=torch.maximum(expected.abs().max(), scale * 1e-2))
+
+
+def test_the_package_works_without_triton():
+    """triton is optional: with it unimportable, `import ltc_fast` works and the model runs on the twins."""
+    script = (
+        "import sys; sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
+        "import torch, ltc_fast\n"
+        "from ltc_fast.ops.triton_support import triton_available\n"
+        "assert not triton_available()\n"
+        "words, labels = torch.randn(10, 8), torch.randn(2, 8)\n"
+        "out = ltc_fast.ops.inject_label_embeddings(torch.randint(0, 10, (2, 4)), words, labels)\n"
+        "logits = ltc_fast.ops.label_head_logits(out, torch.randn(1, 8), torch.randn(1), 2)\n"
+        "print(tuple(logits.shape))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "(2, 2)"
