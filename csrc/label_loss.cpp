@@ -4,8 +4,8 @@
 //   multi_label_forward   BCE-with-logits (+ pos_weight, label mask) and sigmoid probas
 //   multi_label_backward  dlogits, recomputing the sigmoid from the logits in the accumulation dtype
 //   single_label_forward  softmax cross-entropy (+ ignore_index, label smoothing), softmax probas and the
-//                         per-row log-sum-exp that backward needs
-//   single_label_backward dlogits from the logits and that log-sum-exp
+//                         per-row statistics [B, 2] (max, log sum exp(x - max)) that backward needs
+//   single_label_backward dlogits from the logits and those statistics
 // A forward returns the summed loss (0-d) or, with elementwise=true, the per-element / per-row loss; the
 // Python side divides for 'mean'. Losses and accumulations are float32 (float64 for float64 logits).
 // CUDA kernels for the same schemas live in label_loss_cuda.cu, built only where CUDA is available.
@@ -150,14 +150,14 @@ std::tuple<Tensor, Tensor, Tensor> single_label_forward_cpu(const Tensor& logits
   check_class_ids(targets, n, ignore_index);
   const auto acc_options = logits.options().dtype(acc_dtype(logits));
   Tensor probas = at::empty(logits.sizes(), logits.options());
-  Tensor lse = at::empty({b}, acc_options);
+  Tensor stats = at::empty({b, 2}, acc_options);
   Tensor row_loss = at::empty({b}, acc_options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "single_label_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
     const int64_t* t = targets.const_data_ptr<int64_t>();
     scalar_t* out_probas = probas.mutable_data_ptr<scalar_t>();
-    acc_t* out_lse = lse.mutable_data_ptr<acc_t>();
+    acc_t* out_stats = stats.mutable_data_ptr<acc_t>();
     acc_t* out_loss = row_loss.mutable_data_ptr<acc_t>();
     const acc_t eps = static_cast<acc_t>(label_smoothing);
     at::parallel_for(0, b, std::max<int64_t>(1, kChunk / std::max<int64_t>(n, 1)), [&](int64_t r0, int64_t r1) {
@@ -171,37 +171,38 @@ std::tuple<Tensor, Tensor, Tensor> single_label_forward_cpu(const Tensor& logits
           sum_exp += exp_(xj - row_max);
           sum_logits += xj;
         }
-        const acc_t row_lse = row_max + static_cast<acc_t>(std::log(sum_exp));
-        out_lse[r] = row_lse;
+        const acc_t log_sum = static_cast<acc_t>(std::log(sum_exp));
+        out_stats[2 * r] = row_max;
+        out_stats[2 * r + 1] = log_sum;
         scalar_t* row_probas = out_probas + r * n;
-        for (int64_t j = 0; j < n; ++j) row_probas[j] = static_cast<scalar_t>(exp_(static_cast<acc_t>(row[j]) - row_lse));
-        out_loss[r] = t[r] == ignore_index
-                          ? acc_t(0)
-                          : smoothed_ce(row_lse, static_cast<acc_t>(row[t[r]]), static_cast<acc_t>(sum_logits / n), eps);
+        for (int64_t j = 0; j < n; ++j) {
+          row_probas[j] = static_cast<scalar_t>(softmax_from(static_cast<acc_t>(row[j]), row_max, log_sum));
+        }
+        out_loss[r] = t[r] == ignore_index ? acc_t(0)
+                                           : smoothed_ce(row_max, log_sum, static_cast<acc_t>(row[t[r]]),
+                                                         static_cast<acc_t>(sum_logits / n), eps);
       }
     });
   });
-  if (elementwise) return {row_loss, probas, lse};
+  if (elementwise) return {row_loss, probas, stats};
   // Rows are added in order (deterministic), in double.
-  return {row_loss.sum(at::kDouble).to(row_loss.scalar_type()), probas, lse};
+  return {row_loss.sum(at::kDouble).to(row_loss.scalar_type()), probas, stats};
 }
 
 Tensor single_label_backward_cpu(const Tensor& grad_in, const Tensor& logits_in, const Tensor& targets_in,
-                                 const Tensor& lse_in, int64_t ignore_index, double label_smoothing) {
+                                 const Tensor& stats_in, int64_t ignore_index, double label_smoothing) {
   check_single_label(logits_in, targets_in, label_smoothing);
-  const auto acc = acc_dtype(logits_in);
-  check_grad(grad_in, {logits_in.size(0)}, acc);
-  TORCH_CHECK(lse_in.dim() == 1 && lse_in.size(0) == logits_in.size(0) && lse_in.scalar_type() == acc,
-              "ltc_fast_ext: lse must be ", acc, " [B]");
+  check_softmax_stats(stats_in, logits_in);
+  check_grad(grad_in, {logits_in.size(0)}, acc_dtype(logits_in));
   const Tensor logits = logits_in.contiguous(), targets = targets_in.contiguous(), grad = grad_in.contiguous(),
-               lse = lse_in.contiguous();
+               stats = stats_in.contiguous();
   const int64_t b = logits.size(0), n = logits.size(1);
   Tensor dlogits = at::empty(logits.sizes(), logits.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "single_label_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
     const int64_t* t = targets.const_data_ptr<int64_t>();
-    const acc_t* row_lse = lse.const_data_ptr<acc_t>();
+    const acc_t* row_stats = stats.const_data_ptr<acc_t>();
     const acc_t* g = grad.const_data_ptr<acc_t>();
     const int64_t g_stride = grad.dim() == 0 ? 0 : 1;
     scalar_t* out = dlogits.mutable_data_ptr<scalar_t>();
@@ -215,10 +216,11 @@ Tensor single_label_backward_cpu(const Tensor& grad_in, const Tensor& logits_in,
           continue;
         }
         const scalar_t* row = x + r * n;
-        const acc_t gr = g[r * g_stride];
+        const acc_t gr = g[r * g_stride], row_max = row_stats[2 * r], log_sum = row_stats[2 * r + 1];
         for (int64_t j = 0; j < n; ++j) {
           const acc_t target_weight = (j == t[r] ? acc_t(1) - eps : acc_t(0)) + smooth;
-          out_row[j] = static_cast<scalar_t>((exp_(static_cast<acc_t>(row[j]) - row_lse[r]) - target_weight) * gr);
+          const acc_t p = softmax_from(static_cast<acc_t>(row[j]), row_max, log_sum);
+          out_row[j] = static_cast<scalar_t>((p - target_weight) * gr);
         }
       }
     });
@@ -235,8 +237,9 @@ TORCH_LIBRARY(ltc_fast_ext, m) {
   m.def("multi_label_backward(Tensor grad, Tensor logits, Tensor targets, Tensor? pos_weight, "
         "Tensor? label_mask) -> Tensor");
   m.def("single_label_forward(Tensor logits, Tensor targets, int ignore_index, float label_smoothing, "
-        "bool elementwise) -> (Tensor loss, Tensor probas, Tensor lse)");
-  m.def("single_label_backward(Tensor grad, Tensor logits, Tensor targets, Tensor lse, int ignore_index, "
+        "bool elementwise) -> (Tensor loss, Tensor probas, Tensor softmax_stats)");
+  m.def("single_label_backward(Tensor grad, Tensor logits, Tensor targets, Tensor softmax_stats, "
+        "int ignore_index, "
         "float label_smoothing) -> Tensor");
 }
 

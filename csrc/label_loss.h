@@ -40,11 +40,20 @@ C10_HOST_DEVICE inline acc_t bce_grad(acc_t sigmoid, acc_t y, acc_t p) {
   return (acc_t(1) + (p - acc_t(1)) * y) * sigmoid - p * y;
 }
 
-// Softmax cross-entropy of one row with label smoothing eps, from its log-sum-exp, its target logit and the
-// mean of its logits: (1 - eps) (lse - x_target) + eps (lse - mean x), torch's definition, each term >= 0.
+// Softmax cross-entropy of one row with label smoothing eps: (1 - eps) (lse - x_target) + eps (lse - mean x),
+// torch's definition. With lse = row_max + log_sum (log_sum = log sum exp(x - row_max)) each difference is
+// formed as (row_max - x) + log_sum: no cancellation between large logits, and each term is >= 0.
 template <typename acc_t>
-C10_HOST_DEVICE inline acc_t smoothed_ce(acc_t lse, acc_t target_logit, acc_t mean_logit, acc_t eps) {
-  return (acc_t(1) - eps) * (lse - target_logit) + eps * (lse - mean_logit);
+C10_HOST_DEVICE inline acc_t smoothed_ce(acc_t row_max, acc_t log_sum, acc_t target_logit, acc_t mean_logit,
+                                         acc_t eps) {
+  return (acc_t(1) - eps) * ((row_max - target_logit) + log_sum) + eps * ((row_max - mean_logit) + log_sum);
+}
+
+// softmax(x) from the row statistics, as exp((x - row_max) - log_sum): accurate where x - lse would lose the
+// digits of a large row_max.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t softmax_from(acc_t x, acc_t row_max, acc_t log_sum) {
+  return exp_((x - row_max) - log_sum);
 }
 
 // The accumulation type of a logits dtype: double for double, float for float, half and bfloat16.
@@ -90,6 +99,13 @@ inline void check_single_label(const at::Tensor& logits, const at::Tensor& targe
                   targets.device() == logits.device(),
               "ltc_fast_ext: targets must be int64 [B] on the logits' device");
   TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing < 1.0, "ltc_fast_ext: label_smoothing must be in [0, 1)");
+}
+
+// The per-row softmax statistics of single_label_forward: [B, 2] (row max, log sum exp(x - max)).
+inline void check_softmax_stats(const at::Tensor& stats, const at::Tensor& logits) {
+  TORCH_CHECK(stats.dim() == 2 && stats.size(0) == logits.size(0) && stats.size(1) == 2 &&
+                  stats.scalar_type() == acc_dtype(logits) && stats.device() == logits.device(),
+              "ltc_fast_ext: softmax_stats must be ", acc_dtype(logits), " [B, 2] on the logits' device");
 }
 
 // The gradient flowing into a loss is a 0-d tensor (reduced loss) or has the loss's shape ('none').

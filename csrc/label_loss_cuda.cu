@@ -113,7 +113,7 @@ __global__ void multi_label_backward_kernel(const acc_t* __restrict__ grad, int6
 template <typename scalar_t, typename acc_t>
 __global__ void single_label_forward_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ targets,
                                             int64_t n, int64_t ignore_index, acc_t eps,
-                                            scalar_t* __restrict__ probas, acc_t* __restrict__ lse,
+                                            scalar_t* __restrict__ probas, acc_t* __restrict__ stats,
                                             acc_t* __restrict__ row_loss) {
   __shared__ acc_t shared[32];
   const int64_t r = blockIdx.x;
@@ -135,17 +135,19 @@ __global__ void single_label_forward_kernel(const scalar_t* __restrict__ x, cons
   const acc_t rescaled = thread_max == neg_inf ? acc_t(0) : thread_sum * exp_(thread_max - row_max);
   const acc_t sum_exp = block_reduce(rescaled, acc_t(0), SumOp(), shared);
   const acc_t sum_logits = block_reduce(thread_logits, acc_t(0), SumOp(), shared);
-  const acc_t row_lse = row_max + log_(sum_exp);
+  const acc_t log_sum = log_(sum_exp);
   for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-    probas[r * n + j] = static_cast<scalar_t>(exp_(static_cast<acc_t>(row[j]) - row_lse));
+    probas[r * n + j] = static_cast<scalar_t>(softmax_from(static_cast<acc_t>(row[j]), row_max, log_sum));
   }
   if (threadIdx.x == 0) {
-    lse[r] = row_lse;
+    stats[2 * r] = row_max;
+    stats[2 * r + 1] = log_sum;
     const int64_t target = targets[r];
     acc_t loss = 0;
     if (target != ignore_index) {
       CUDA_KERNEL_ASSERT(target >= 0 && target < n);
-      loss = smoothed_ce(row_lse, static_cast<acc_t>(row[target]), sum_logits / static_cast<acc_t>(n), eps);
+      loss = smoothed_ce(row_max, log_sum, static_cast<acc_t>(row[target]), sum_logits / static_cast<acc_t>(n),
+                         eps);
     }
     row_loss[r] = loss;
   }
@@ -154,7 +156,7 @@ __global__ void single_label_forward_kernel(const scalar_t* __restrict__ x, cons
 template <typename scalar_t, typename acc_t>
 __global__ void single_label_backward_kernel(const acc_t* __restrict__ grad, int64_t grad_stride,
                                              const scalar_t* __restrict__ x, const int64_t* __restrict__ targets,
-                                             const acc_t* __restrict__ lse, int64_t n, int64_t numel,
+                                             const acc_t* __restrict__ stats, int64_t n, int64_t numel,
                                              int64_t ignore_index, acc_t eps, scalar_t* __restrict__ dlogits) {
   const acc_t smooth = eps / static_cast<acc_t>(n);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
@@ -164,7 +166,8 @@ __global__ void single_label_backward_kernel(const acc_t* __restrict__ grad, int
     acc_t d = 0;
     if (target != ignore_index) {
       const acc_t target_weight = (col == target ? acc_t(1) - eps : acc_t(0)) + smooth;
-      d = (exp_(static_cast<acc_t>(x[i]) - lse[r]) - target_weight) * grad[r * grad_stride];
+      d = (softmax_from(static_cast<acc_t>(x[i]), stats[2 * r], stats[2 * r + 1]) - target_weight) *
+          grad[r * grad_stride];
     }
     dlogits[i] = static_cast<scalar_t>(d);
   }
@@ -237,31 +240,29 @@ std::tuple<Tensor, Tensor, Tensor> single_label_forward_cuda(const Tensor& logit
   const int64_t b = logits.size(0), n = logits.size(1);
   const auto acc_options = logits.options().dtype(acc_dtype(logits));
   Tensor probas = at::empty(logits.sizes(), logits.options());
-  Tensor lse = at::empty({b}, acc_options);
+  Tensor stats = at::empty({b, 2}, acc_options);
   Tensor row_loss = at::zeros({b}, acc_options);
   if (b > 0 && n > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "single_label_forward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       single_label_forward_kernel<scalar_t, acc_t><<<b, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
           logits.const_data_ptr<scalar_t>(), targets.const_data_ptr<int64_t>(), n, ignore_index,
-          static_cast<acc_t>(label_smoothing), probas.mutable_data_ptr<scalar_t>(), lse.mutable_data_ptr<acc_t>(),
+          static_cast<acc_t>(label_smoothing), probas.mutable_data_ptr<scalar_t>(), stats.mutable_data_ptr<acc_t>(),
           row_loss.mutable_data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return {elementwise ? row_loss : row_loss.sum(), probas, lse};
+  return {elementwise ? row_loss : row_loss.sum(), probas, stats};
 }
 
 Tensor single_label_backward_cuda(const Tensor& grad_in, const Tensor& logits_in, const Tensor& targets_in,
-                                  const Tensor& lse_in, int64_t ignore_index, double label_smoothing) {
+                                  const Tensor& stats_in, int64_t ignore_index, double label_smoothing) {
   check_single_label(logits_in, targets_in, label_smoothing);
-  const auto acc = acc_dtype(logits_in);
-  check_grad(grad_in, {logits_in.size(0)}, acc);
-  TORCH_CHECK(lse_in.dim() == 1 && lse_in.size(0) == logits_in.size(0) && lse_in.scalar_type() == acc,
-              "ltc_fast_ext: lse must be ", acc, " [B]");
+  check_softmax_stats(stats_in, logits_in);
+  check_grad(grad_in, {logits_in.size(0)}, acc_dtype(logits_in));
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const Tensor logits = logits_in.contiguous(), targets = targets_in.contiguous(), grad = grad_in.contiguous(),
-               lse = lse_in.contiguous();
+               stats = stats_in.contiguous();
   const int64_t n = logits.size(1), numel = logits.numel();
   Tensor dlogits = at::empty(logits.sizes(), logits.options());
   if (numel == 0) return dlogits;
@@ -270,7 +271,7 @@ Tensor single_label_backward_cuda(const Tensor& grad_in, const Tensor& logits_in
     single_label_backward_kernel<scalar_t, acc_t>
         <<<elementwise_blocks(numel), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
             grad.const_data_ptr<acc_t>(), grad.dim() == 0 ? 0 : 1, logits.const_data_ptr<scalar_t>(),
-            targets.const_data_ptr<int64_t>(), lse.const_data_ptr<acc_t>(), n, numel, ignore_index,
+            targets.const_data_ptr<int64_t>(), stats.const_data_ptr<acc_t>(), n, numel, ignore_index,
             static_cast<acc_t>(label_smoothing), dlogits.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -251,10 +251,11 @@ def _fake_multi_label_backward(grad, logits, targets, pos_weight, label_mask):
 
 def _fake_single_label_forward(logits, targets, ignore_index, label_smoothing, elementwise):
     batch = logits.shape[0]
-    return _loss_like(logits, (batch,) if elementwise else ()), torch.empty_like(logits), _loss_like(logits, (batch,))
+    stats = _loss_like(logits, (batch, 2))
+    return _loss_like(logits, (batch,) if elementwise else ()), torch.empty_like(logits), stats
 
 
-def _fake_single_label_backward(grad, logits, targets, lse, ignore_index, label_smoothing):
+def _fake_single_label_backward(grad, logits, targets, softmax_stats, ignore_index, label_smoothing):
     return torch.empty_like(logits)
 
 
@@ -282,12 +283,13 @@ def _single_label_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[2])
 
 
-def _single_label_backward(ctx, grad_loss, grad_probas, _grad_lse):
-    logits, targets, lse, probas = ctx.saved_tensors
+def _single_label_backward(ctx, grad_loss, grad_probas, _grad_stats):
+    logits, targets, softmax_stats, probas = ctx.saved_tensors
     dlogits = None
     if grad_loss is not None:
         dlogits = torch.ops.ltc_fast_ext.single_label_backward(grad_loss.to(_accumulation_dtype(logits)), logits,
-                                                               targets, lse, ctx.ignore_index, ctx.label_smoothing)
+                                                               targets, softmax_stats, ctx.ignore_index,
+                                                               ctx.label_smoothing)
     if grad_probas is not None:  # rare: softmax backward, p * (g - sum(g * p))
         through_probas = probas * (grad_probas - (grad_probas * probas).sum(dim=-1, keepdim=True))
         dlogits = through_probas if dlogits is None else dlogits + through_probas
