@@ -203,9 +203,11 @@ def test_a_failed_jit_build_is_a_status_not_an_exception(monkeypatch, no_prebuil
 def test_opcheck_multi_label(elementwise):
     label_loss._register_python_parts()
     logits = torch.randn(B, N, requires_grad=True)
+    transposed = torch.randn(N, B, requires_grad=True).t()  # non-contiguous: outputs are contiguous anyway
     targets = (torch.rand(B, N) < 0.5).float()
-    for pos_weight, label_mask in [(None, None), (torch.rand(N) + 0.5, torch.rand(B, N) < 0.5),
-                                   (None, torch.rand(N) < 0.5)]:
+    for logits, pos_weight, label_mask in [(logits, None, None),
+                                           (logits, torch.rand(N) + 0.5, torch.rand(B, N) < 0.5),
+                                           (transposed, None, torch.rand(N) < 0.5)]:
         torch.library.opcheck(torch.ops.ltc_fast_ext.multi_label_forward.default,
                               (logits, targets, pos_weight, label_mask, elementwise))
         grad = torch.randn(B, N) if elementwise else torch.randn(())

@@ -237,26 +237,27 @@ def _extension_single_label(logits, targets, ignore_index, label_smoothing, elem
     return loss, probas
 
 
+# Fake kernels: the real ones return contiguous tensors, whatever the logits' strides.
 def _loss_like(logits: torch.Tensor, shape) -> torch.Tensor:
     return logits.new_empty(shape, dtype=_accumulation_dtype(logits))
 
 
 def _fake_multi_label_forward(logits, targets, pos_weight, label_mask, elementwise):
-    return _loss_like(logits, logits.shape if elementwise else ()), torch.empty_like(logits)
+    return _loss_like(logits, logits.shape if elementwise else ()), logits.new_empty(logits.shape)
 
 
 def _fake_multi_label_backward(grad, logits, targets, pos_weight, label_mask):
-    return torch.empty_like(logits)
+    return logits.new_empty(logits.shape)
 
 
 def _fake_single_label_forward(logits, targets, ignore_index, label_smoothing, elementwise):
     batch = logits.shape[0]
     stats = _loss_like(logits, (batch, 2))
-    return _loss_like(logits, (batch,) if elementwise else ()), torch.empty_like(logits), stats
+    return _loss_like(logits, (batch,) if elementwise else ()), logits.new_empty(logits.shape), stats
 
 
 def _fake_single_label_backward(grad, logits, targets, softmax_stats, ignore_index, label_smoothing):
-    return torch.empty_like(logits)
+    return logits.new_empty(logits.shape)
 
 
 def _multi_label_setup_context(ctx, inputs, output):
