@@ -10,6 +10,7 @@ prebuilt module is still used when present); `LTC_FAST_BACKEND=torch` ignores th
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import threading
 import warnings
@@ -37,6 +38,7 @@ class ExtensionState:
         return f"{self.how} {'CPU+CUDA' if self.cuda else 'CPU'}"
 
 
+logger = logging.getLogger(__name__)
 _state: ExtensionState | None = None
 _lock = threading.Lock()
 
@@ -65,6 +67,8 @@ def _jit_build() -> None:
     with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if with_cuda:
         files.append(str(sources / CUDA_SOURCE))
+    logger.info("ltc_fast: JIT-compiling the C++ loss extension (%s; once, then cached)",
+                "CPU+CUDA" if with_cuda else "CPU")
     # Compiled into torch's extension cache (TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions);
     # torch rebuilds it when the sources change.
     cpp_extension.load(name=JIT_MODULE_NAME, sources=files, extra_cflags=["-O3"],
