@@ -10,6 +10,8 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import assert_relative_close
 from ltc_fast.ops import label_loss, loss_extension
@@ -76,11 +78,12 @@ def single_label_oracle(logits, targets, ignore_index=-100, label_smoothing=0.0,
     return F.cross_entropy(x, targets, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction)
 
 
-def run_with_grads(fn, logits, upstream_seed_shape=None):
-    """loss, probas and dlogits of `fn(leaf)` for a random upstream gradient of the loss."""
+def run_with_grads(fn, logits, upstream=None):
+    """loss, probas and dlogits of `fn(leaf)` for a random (or the given) upstream gradient of the loss."""
     leaf = logits.detach().clone().requires_grad_()
     loss, probas = fn(leaf)
-    upstream = torch.randn(loss.shape, dtype=torch.float64).to(loss.dtype)
+    if upstream is None:
+        upstream = torch.randn(loss.shape, dtype=torch.float64).to(loss.dtype)
     (dlogits,) = torch.autograd.grad(loss, leaf, grad_outputs=upstream)
     return loss.detach(), probas.detach(), dlogits, upstream
 
@@ -302,3 +305,29 @@ def test_gradient_through_the_probas_too(backend, multi_label):
     leaf = logits.clone().requires_grad_()
     (expected,) = torch.autograd.grad(objective(oracle, leaf), leaf)
     assert_relative_close(ours, expected, 1e-10, "dlogits")
+
+
+# -------------------------------------------------------------------------------------------- shape fuzzing
+@needs_extension
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 9), num_labels=st.integers(1, 70), multi_label=st.booleans(),
+       reduction=st.sampled_from(["mean", "sum", "none"]), option=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_extension_matches_its_twin_on_random_shapes(batch, num_labels, multi_label, reduction, option, seed):
+    """The extension against the PyTorch twin (itself checked against torch above), fp32, to 1e-5."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, num_labels, generator=generator) * 5
+    if multi_label:
+        targets = (torch.rand(batch, num_labels, generator=generator) < 0.3).float()
+        options = {"pos_weight": torch.rand(num_labels, generator=generator) + 0.5,
+                   "label_mask": torch.rand(batch, num_labels, generator=generator) < 0.7} if option else {}
+    else:
+        targets = torch.randint(0, num_labels, (batch,), generator=generator)
+        targets[torch.rand(batch, generator=generator) < 0.2] = -100
+        options = {"label_smoothing": 0.2} if option else {}
+    upstream_shape = () if reduction != "none" else (batch, num_labels) if multi_label else (batch,)
+    upstream = torch.randn(upstream_shape, generator=generator)
+    results = [run_with_grads(lambda x: label_loss_and_probas(x, targets, multi_label, backend=backend,
+                                                              reduction=reduction, **options), logits, upstream)
+               for backend in ("extension", "torch")]
+    for what, ours, twin in zip(("loss", "probas", "dlogits"), results[0][:3], results[1][:3]):
+        assert_relative_close(ours, twin, 1e-5, what, scale=max(float(twin.abs().max()), 1e-6))
