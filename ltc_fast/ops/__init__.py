@@ -8,5 +8,6 @@ picks one of them through `dispatch.resolve_backend` (`backend=`, `LTC_FAST_BACK
 from .label_embedding import inject_label_embeddings
 from .label_head import label_head_logits
 from .label_loss import label_loss_and_probas
+from .loss_extension import extension_status
 
-__all__ = ["inject_label_embeddings", "label_head_logits", "label_loss_and_probas"]
+__all__ = ["extension_status", "inject_label_embeddings", "label_head_logits", "label_loss_and_probas"]

@@ -1,37 +1,322 @@
-"""Loss and probabilities over `[B, N]` label logits: sigmoid + BCE or softmax + cross-entropy."""
+"""Loss and probabilities over `[B, N]` label logits: sigmoid + BCE or softmax + cross-entropy.
+
+Two implementations behind one function, `label_loss_and_probas`:
+- the C++/CUDA extension (`csrc/`, loaded by `loss_extension`): loss, probas and, in backward, dlogits in one
+  pass over the logits each, registered as `torch.ops.ltc_fast_ext.*` custom ops (fake kernels and autograd
+  below, so `torch.compile` traces through them);
+- its plain-PyTorch twin (`F.binary_cross_entropy_with_logits` / `F.cross_entropy` + sigmoid / softmax), the
+  test oracle and the path used where the extension is not built.
+Both take every option and give the same numbers; inputs are validated once, before either runs.
+"""
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
 
-from .dispatch import resolve_backend
+from . import loss_extension
+from .dispatch import TORCH, resolve_backend
+
+OP_NAME = "label_loss_and_probas"
+FAST = "extension"
+REDUCTIONS = ("mean", "sum", "none")
+LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def label_loss_and_probas(
     logits: torch.Tensor,
     targets: torch.Tensor | None,
     multi_label: bool,
-    num_items_in_batch: torch.Tensor | int | None = None,
+    num_items_in_batch: torch.Tensor | int | float | None = None,
     backend: str | None = None,
+    *,
+    pos_weight: torch.Tensor | None = None,
+    label_mask: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Return `(loss, probas)`.
+    """Return `(loss, probas)`; `loss` is None when `targets` is None.
 
-    multi-label: `targets` float `[B, N]`, loss = sum of element-wise BCE-with-logits / number of elements.
-    single-label: `targets` class ids `[B]`, loss = sum of cross-entropy / B.
-    `num_items_in_batch` replaces that divisor: the `transformers.Trainer` passes the number of label items
-    over all gradient-accumulation micro-batches, so the accumulated loss is the mean over the whole batch.
-    Accumulation is in fp32 whatever the logits' dtype. `backend`: see `ltc_fast.ops.dispatch`.
+    multi-label: `targets` float `[B, N]` in [0, 1]; element-wise BCE-with-logits, `probas = sigmoid(logits)`.
+      `pos_weight` `[N]` weighs the positive term of each label (as in torch). `label_mask` bool or 0/1, `[N]` or
+      `[B, N]`: elements where it is 0 (labels not sampled this step) add nothing to the loss, get no gradient and
+      do not count in the mean.
+    single-label: `targets` class ids `[B]`; softmax cross-entropy, `probas = softmax(logits, -1)`. Rows whose
+      id is `ignore_index` add nothing and do not count in the mean; `label_smoothing` in [0, 1) as in
+      `F.cross_entropy`.
+    `reduction`: `"mean"` (default), `"sum"` or `"none"` (`[B, N]` multi-label, `[B]` single-label, zero where
+      masked / ignored). The mean divides the sum by the number of unmasked elements (multi-label) or of
+      non-ignored rows (single-label), torch's conventions, unless `num_items_in_batch` is given: the
+      `transformers.Trainer` passes the number of label items over all gradient-accumulation micro-batches, so
+      the accumulated loss is the mean over the whole batch.
+    Convention: when nothing counts (every element masked, every row ignored) the mean is 0 with zero gradient,
+    not NaN. `F.cross_entropy` gives NaN for an all-ignored batch; this function does not.
+    Losses are float32 (float64 for float64 logits) whatever the logits' dtype, accumulated in that precision;
+    probas have the logits' dtype. `backend`: `"auto"`, `"torch"` or `"extension"`, see `ltc_fast.ops.dispatch`;
+    `"auto"` takes the extension when it is loaded for the logits' device and dtype.
+    Raises ValueError, naming the argument, for bad input before any kernel runs.
     """
-    resolve_backend("label_loss_and_probas", backend, "extension", False, "the loss extension is not part of this version")
-    probas = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)
+    _check_logits(logits)
+    if targets is not None:
+        if multi_label:
+            targets, pos_weight, label_mask = _checked_multi_label(logits, targets, pos_weight, label_mask,
+                                                                   label_smoothing, ignore_index)
+        else:
+            _check_single_label(logits, targets, pos_weight, label_mask, ignore_index, label_smoothing)
+        _check_reduction(reduction, num_items_in_batch)
+    chosen = _choose_backend(backend, logits, targets, pos_weight)
     if targets is None:
-        return None, probas
+        # Probabilities alone are one torch kernel already; nothing to fuse.
+        return None, (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1))
+    elementwise = reduction == "none"
     if multi_label:
-        total = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="sum")
-        count = targets.numel()
+        forward = _extension_multi_label if chosen == FAST else _torch_multi_label
+        loss, probas = forward(logits, targets, pos_weight, label_mask, elementwise)
+        count = _unmasked_count(logits, label_mask)
     else:
-        total = F.cross_entropy(logits.float(), targets, reduction="sum")
-        count = targets.shape[0]
-    divisor = count if num_items_in_batch is None else num_items_in_batch
-    return total / divisor, probas
+        forward = _extension_single_label if chosen == FAST else _torch_single_label
+        loss, probas = forward(logits, targets, ignore_index, float(label_smoothing), elementwise)
+        count = (targets != ignore_index).sum()
+    if reduction == "mean":
+        # clamp: with nothing counted the sum is 0, so the mean is 0 (see the docstring), not 0/0.
+        if num_items_in_batch is not None:
+            divisor = num_items_in_batch
+        else:
+            divisor = count.clamp(min=1) if isinstance(count, torch.Tensor) else max(count, 1)
+        loss = loss / divisor
+    return loss, probas
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def _describe(tensor) -> str:
+    if not isinstance(tensor, torch.Tensor):
+        return type(tensor).__name__
+    return f"{tensor.dtype} {list(tensor.shape)} on {tensor.device}"
+
+
+def _data_checks_allowed() -> bool:
+    """Value checks (class ids in range, 0/1 masks) read the data; under torch.compile they would break the
+    graph, so they run in eager mode only (the kernels still refuse out-of-range ids)."""
+    return not torch.compiler.is_compiling()
+
+
+def _check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.dtype not in LOGIT_DTYPES:
+        raise ValueError(f"logits must be a float16/bfloat16/float32/float64 tensor [B, N], got {_describe(logits)}")
+    if logits.shape[1] == 0:
+        raise ValueError(f"logits must have at least one label (N >= 1), got shape {list(logits.shape)}")
+
+
+def _check_same_device(name: str, tensor: torch.Tensor, logits: torch.Tensor) -> None:
+    if tensor.device != logits.device:
+        raise ValueError(f"{name} must be on the logits' device {logits.device}, got {tensor.device}")
+
+
+def _accumulation_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _checked_multi_label(logits, targets, pos_weight, label_mask, label_smoothing, ignore_index):
+    """Validate the multi-label inputs; return targets and pos_weight in the accumulation dtype and the mask as
+    bool (no copy where they already are)."""
+    if not isinstance(targets, torch.Tensor) or targets.shape != logits.shape or not targets.is_floating_point():
+        raise ValueError(f"targets for multi-label must be a float tensor of the logits' shape {list(logits.shape)}, "
+                         f"got {_describe(targets)}")
+    _check_same_device("targets", targets, logits)
+    if label_smoothing != 0.0:
+        raise ValueError(f"label_smoothing applies to single-label (softmax) only; got {label_smoothing!r} with "
+                         "multi_label=True")
+    if ignore_index != -100:
+        raise ValueError(f"ignore_index applies to single-label only (use label_mask for multi-label); got "
+                         f"{ignore_index!r} with multi_label=True")
+    acc = _accumulation_dtype(logits)
+    num_labels = logits.shape[1]
+    if pos_weight is not None:
+        if (not isinstance(pos_weight, torch.Tensor) or pos_weight.shape != (num_labels,)
+                or not pos_weight.is_floating_point()):
+            raise ValueError(f"pos_weight must be a float tensor [N] = [{num_labels}] (one weight per label), got "
+                             f"{_describe(pos_weight)}")
+        _check_same_device("pos_weight", pos_weight, logits)
+        pos_weight = pos_weight.to(acc)
+    if label_mask is not None:
+        if not isinstance(label_mask, torch.Tensor) or label_mask.shape not in ((num_labels,), logits.shape):
+            raise ValueError(f"label_mask must have shape [N] = [{num_labels}] or [B, N] = {list(logits.shape)}, "
+                             f"got {_describe(label_mask)}")
+        _check_same_device("label_mask", label_mask, logits)
+        if label_mask.dtype != torch.bool:
+            if label_mask.is_complex():
+                raise ValueError(f"label_mask must be bool or 0/1 values, got {_describe(label_mask)}")
+            if _data_checks_allowed() and ((label_mask != 0) & (label_mask != 1)).any():
+                raise ValueError(f"label_mask must be bool or hold only 0 and 1, got values "
+                                 f"{torch.unique(label_mask).tolist()[:8]}")
+            label_mask = label_mask != 0
+    return targets.to(acc), pos_weight, label_mask
+
+
+def _check_single_label(logits, targets, pos_weight, label_mask, ignore_index, label_smoothing) -> None:
+    batch, num_labels = logits.shape
+    if (not isinstance(targets, torch.Tensor) or targets.shape != (batch,) or targets.is_floating_point()
+            or targets.is_complex() or targets.dtype == torch.bool):
+        raise ValueError(f"targets for single-label must be integer class ids [B] = [{batch}], got "
+                         f"{_describe(targets)}")
+    _check_same_device("targets", targets, logits)
+    if pos_weight is not None or label_mask is not None:
+        name = "pos_weight" if pos_weight is not None else "label_mask"
+        raise ValueError(f"{name} applies to multi-label (sigmoid) only; got one with multi_label=False")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+    if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
+    if _data_checks_allowed():
+        bad = (targets != ignore_index) & ((targets < 0) | (targets >= num_labels))
+        if bad.any():
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(f"targets hold class id {int(targets[row])} at row {row}; class ids must be in "
+                             f"[0, {num_labels - 1}] (N={num_labels}) or ignore_index={ignore_index}")
+
+
+def _check_reduction(reduction, num_items_in_batch) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if num_items_in_batch is not None and reduction != "mean":
+        raise ValueError(f"num_items_in_batch is the divisor of reduction='mean'; got it with reduction={reduction!r}")
+
+
+def _unmasked_count(logits: torch.Tensor, label_mask: torch.Tensor | None):
+    if label_mask is None:
+        return logits.numel()
+    count = label_mask.sum()
+    return count * logits.shape[0] if label_mask.dim() == 1 else count
+
+
+# ------------------------------------------------------------------------------------------------ dispatch
+def _choose_backend(backend, logits, targets, pos_weight) -> str:
+    if resolve_backend(OP_NAME, backend, FAST, True) == TORCH:
+        return TORCH  # forced: do not even load the extension
+    why_not = ""
+    if not loss_extension.runs_on(logits.device):
+        why_not = f"the loss extension is {loss_extension.extension_status()} (for {logits.device.type} tensors)"
+    elif any(t is not None and t.requires_grad for t in (targets, pos_weight)):
+        why_not = "the extension gives no gradient for targets or pos_weight, and one requires grad"
+    else:
+        _register_python_parts()
+    return resolve_backend(OP_NAME, backend, FAST, not why_not, why_not)
+
+
+# ------------------------------------------------------------------------------------- plain-PyTorch twin
+def _torch_multi_label(logits, targets, pos_weight, label_mask, elementwise):
+    x = logits.to(targets.dtype)
+    if label_mask is None and not elementwise:
+        loss = F.binary_cross_entropy_with_logits(x, targets, pos_weight=pos_weight, reduction="sum")
+    else:
+        loss = F.binary_cross_entropy_with_logits(x, targets, pos_weight=pos_weight, reduction="none")
+        if label_mask is not None:
+            loss = loss.masked_fill(~label_mask, 0.0)
+        if not elementwise:
+            loss = loss.sum()
+    return loss, torch.sigmoid(logits)
+
+
+def _torch_single_label(logits, targets, ignore_index, label_smoothing, elementwise):
+    loss = F.cross_entropy(logits.to(_accumulation_dtype(logits)), targets, ignore_index=ignore_index,
+                           label_smoothing=label_smoothing, reduction="none" if elementwise else "sum")
+    return loss, torch.softmax(logits, dim=-1)
+
+
+# ------------------------------------------------------------------------------ extension: ops + autograd
+def _extension_multi_label(logits, targets, pos_weight, label_mask, elementwise):
+    return torch.ops.ltc_fast_ext.multi_label_forward(logits, targets, pos_weight, label_mask, elementwise)
+
+
+def _extension_single_label(logits, targets, ignore_index, label_smoothing, elementwise):
+    loss, probas, _ = torch.ops.ltc_fast_ext.single_label_forward(logits, targets, ignore_index, label_smoothing,
+                                                                  elementwise)
+    return loss, probas
+
+
+# Fake kernels: the real ones return contiguous tensors, whatever the logits' strides.
+def _loss_like(logits: torch.Tensor, shape) -> torch.Tensor:
+    return logits.new_empty(shape, dtype=_accumulation_dtype(logits))
+
+
+def _fake_multi_label_forward(logits, targets, pos_weight, label_mask, elementwise):
+    return _loss_like(logits, logits.shape if elementwise else ()), logits.new_empty(logits.shape)
+
+
+def _fake_multi_label_backward(grad, logits, targets, pos_weight, label_mask):
+    return logits.new_empty(logits.shape)
+
+
+def _fake_single_label_forward(logits, targets, ignore_index, label_smoothing, elementwise):
+    batch = logits.shape[0]
+    stats = _loss_like(logits, (batch, 2))
+    return _loss_like(logits, (batch,) if elementwise else ()), logits.new_empty(logits.shape), stats
+
+
+def _fake_single_label_backward(grad, logits, targets, softmax_stats, ignore_index, label_smoothing):
+    return logits.new_empty(logits.shape)
+
+
+def _multi_label_setup_context(ctx, inputs, output):
+    logits, targets, pos_weight, label_mask, _ = inputs
+    ctx.save_for_backward(logits, targets, pos_weight, label_mask, output[1])
+
+
+def _multi_label_backward(ctx, grad_loss, grad_probas):
+    logits, targets, pos_weight, label_mask, probas = ctx.saved_tensors
+    dlogits = None
+    if grad_loss is not None:
+        dlogits = torch.ops.ltc_fast_ext.multi_label_backward(grad_loss.to(_accumulation_dtype(logits)), logits,
+                                                              targets, pos_weight, label_mask)
+    if grad_probas is not None:  # rare: a loss on the probas themselves; d sigmoid = p (1 - p)
+        through_probas = grad_probas * probas * (1 - probas)
+        dlogits = through_probas if dlogits is None else dlogits + through_probas
+    return dlogits, None, None, None, None
+
+
+def _single_label_setup_context(ctx, inputs, output):
+    logits, targets, ignore_index, label_smoothing, _ = inputs
+    ctx.ignore_index, ctx.label_smoothing = ignore_index, label_smoothing
+    ctx.save_for_backward(logits, targets, output[2], output[1])
+    ctx.mark_non_differentiable(output[2])
+
+
+def _single_label_backward(ctx, grad_loss, grad_probas, _grad_stats):
+    logits, targets, softmax_stats, probas = ctx.saved_tensors
+    dlogits = None
+    if grad_loss is not None:
+        dlogits = torch.ops.ltc_fast_ext.single_label_backward(grad_loss.to(_accumulation_dtype(logits)), logits,
+                                                               targets, softmax_stats, ctx.ignore_index,
+                                                               ctx.label_smoothing)
+    if grad_probas is not None:  # rare: softmax backward, p * (g - sum(g * p))
+        through_probas = probas * (grad_probas - (grad_probas * probas).sum(dim=-1, keepdim=True))
+        dlogits = through_probas if dlogits is None else dlogits + through_probas
+    return dlogits, None, None, None, None
+
+
+_registered = False
+_registration_lock = threading.Lock()
+
+
+def _register_python_parts() -> None:
+    """Fake kernels (shapes for torch.compile / meta tensors) and autograd of the extension's ops, registered
+    once, after the extension has defined the ops."""
+    global _registered
+    if _registered:
+        return
+    with _registration_lock:
+        if _registered:
+            return
+        ns = loss_extension.OPS_NAMESPACE
+        torch.library.register_fake(f"{ns}::multi_label_forward", _fake_multi_label_forward)
+        torch.library.register_fake(f"{ns}::multi_label_backward", _fake_multi_label_backward)
+        torch.library.register_fake(f"{ns}::single_label_forward", _fake_single_label_forward)
+        torch.library.register_fake(f"{ns}::single_label_backward", _fake_single_label_backward)
+        torch.library.register_autograd(f"{ns}::multi_label_forward", _multi_label_backward,
+                                        setup_context=_multi_label_setup_context)
+        torch.library.register_autograd(f"{ns}::single_label_forward", _single_label_backward,
+                                        setup_context=_single_label_setup_context)
+        _registered = True

@@ -1,0 +1,115 @@
+"""Loading the compiled loss extension (`csrc/`): the module built by `setup.py`, else a JIT build with ninja
+on first use, else none (a warning, once, and the plain-PyTorch path).
+
+Importing the compiled module registers the `torch.ops.ltc_fast_ext` ops (schemas and CPU kernels; CUDA kernels
+when it was built with nvcc). `extension_status()` says which path this process uses, e.g. `"prebuilt CPU"`,
+`"jit CPU+CUDA"` or `"unavailable: <reason>"`. Set `LTC_FAST_NO_EXTENSION_BUILD=1` to skip the JIT build (the
+prebuilt module is still used when present); `LTC_FAST_BACKEND=torch` ignores the extension altogether.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+NO_BUILD_ENV_VAR = "LTC_FAST_NO_EXTENSION_BUILD"
+PREBUILT_MODULE = "ltc_fast._loss_ext"
+JIT_MODULE_NAME = "ltc_fast_loss_ext"
+OPS_NAMESPACE = "ltc_fast_ext"
+CPU_SOURCE, CUDA_SOURCE = "label_loss.cpp", "label_loss_cuda.cu"
+
+
+@dataclass(frozen=True)
+class ExtensionState:
+    loaded: bool
+    how: str  # "prebuilt" | "jit" | the reason it is unavailable
+    cuda: bool = False
+
+    def status(self) -> str:
+        if not self.loaded:
+            return f"unavailable: {self.how}"
+        return f"{self.how} {'CPU+CUDA' if self.cuda else 'CPU'}"
+
+
+logger = logging.getLogger(__name__)
+_state: ExtensionState | None = None
+_lock = threading.Lock()
+
+
+def source_dir() -> Path | None:
+    """The C++/CUDA sources: shipped inside the package (`ltc_fast/_csrc`, copied there by setup.py) or, in a
+    source checkout / editable install, the repository's `csrc/`."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "_csrc", package.parent / "csrc"):
+        if (candidate / CPU_SOURCE).is_file():
+            return candidate
+    return None
+
+
+def _has_cuda_kernels() -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{OPS_NAMESPACE}::multi_label_forward", "CUDA")
+
+
+def _jit_build() -> None:
+    from torch.utils import cpp_extension  # imported lazily: it is only needed to compile
+
+    sources = source_dir()
+    if sources is None:
+        raise RuntimeError("the csrc/ sources are not installed with this copy of ltc_fast")
+    files = [str(sources / CPU_SOURCE)]
+    with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if with_cuda:
+        files.append(str(sources / CUDA_SOURCE))
+    logger.info("ltc_fast: JIT-compiling the C++ loss extension (%s; once, then cached)",
+                "CPU+CUDA" if with_cuda else "CPU")
+    # Compiled into torch's extension cache (TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions);
+    # torch rebuilds it when the sources change.
+    cpp_extension.load(name=JIT_MODULE_NAME, sources=files, extra_cflags=["-O3"],
+                       extra_cuda_cflags=["-O3"] if with_cuda else None, verbose=False)
+
+
+def _load() -> ExtensionState:
+    try:
+        importlib.import_module(PREBUILT_MODULE)
+        return ExtensionState(True, "prebuilt", _has_cuda_kernels())
+    except ImportError as prebuilt_error:
+        missing = f"no prebuilt {PREBUILT_MODULE} ({prebuilt_error})"
+    if os.environ.get(NO_BUILD_ENV_VAR, "").strip() not in ("", "0"):
+        return ExtensionState(False, f"{missing}, and {NO_BUILD_ENV_VAR} is set")
+    try:
+        _jit_build()
+    except Exception as error:  # any compiler / ninja / toolchain failure means: use the torch path
+        return ExtensionState(False, f"{missing}, and the JIT build failed: {type(error).__name__}: {error}")
+    return ExtensionState(True, "jit", _has_cuda_kernels())
+
+
+def load() -> ExtensionState:
+    """Load the extension once per process (thread-safe); warn once when it cannot be had."""
+    global _state
+    if _state is None:
+        with _lock:
+            if _state is None:
+                state = _load()
+                if not state.loaded:
+                    warnings.warn(f"ltc_fast: the C++ loss extension is {state.status()}; using the PyTorch "
+                                  "loss path (same results, slower)", RuntimeWarning, stacklevel=3)
+                _state = state
+    return _state
+
+
+def extension_status() -> str:
+    """Which loss path this process uses: `"prebuilt CPU"`, `"jit CPU+CUDA"`, `"unavailable: <reason>"`..."""
+    return load().status()
+
+
+def runs_on(device: torch.device) -> bool:
+    """Whether the extension is loaded and has kernels for tensors on `device`."""
+    state = load()
+    return state.loaded and (device.type == "cpu" or (device.type == "cuda" and state.cuda))

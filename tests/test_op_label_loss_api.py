@@ -1,0 +1,308 @@
+"""`label_loss_and_probas` around its kernels: bad input (ValueError before any kernel runs), backend
+selection and the environment variables, loading the extension (warned once when unavailable), the custom ops
+under `torch.library.opcheck` and `torch.compile`, the model using the extension, and the CUDA kernels."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_relative_close, reference_and_ltc, text_batch
+from ltc_fast.ops import label_loss, loss_extension
+from ltc_fast.ops.dispatch import ENV_VAR as BACKEND_ENV_VAR
+from ltc_fast.ops.label_loss import label_loss_and_probas
+
+EXTENSION_LOADED = loss_extension.load().loaded
+needs_extension = pytest.mark.skipif(not EXTENSION_LOADED, reason=f"loss extension {loss_extension.extension_status()}")
+KERNELS = ("_extension_multi_label", "_extension_single_label", "_torch_multi_label", "_torch_single_label")
+
+
+@pytest.fixture(autouse=True)
+def no_backend_override(monkeypatch):
+    monkeypatch.delenv(BACKEND_ENV_VAR, raising=False)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Spy on the four forward paths: their names in call order."""
+    calls = []
+    for name in KERNELS:
+        original = getattr(label_loss, name)
+
+        def spy(*args, _name=name, _original=original):
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(label_loss, name, spy)
+    return calls
+
+
+@pytest.fixture
+def unavailable_extension(monkeypatch):
+    monkeypatch.setattr(loss_extension, "_state", loss_extension.ExtensionState(False, "simulated: no compiler"))
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+B, N = 3, 5
+MULTI = (torch.zeros(B, N), torch.zeros(B, N), True)
+SINGLE = (torch.zeros(B, N), torch.tensor([0, 4, -100]), False)
+BAD_INPUTS = {
+    "logits 1-d": ((torch.zeros(N), torch.zeros(N), True), {}, r"logits must be .*\[B, N\], got torch.float32 \[5\]"),
+    "logits int": ((torch.zeros(B, N, dtype=torch.long), torch.zeros(B, N), True), {}, r"logits must be .*torch.int64"),
+    "no labels": ((torch.zeros(B, 0), torch.zeros(B, 0), True), {}, r"at least one label"),
+    "multi targets shape": ((torch.zeros(B, N), torch.zeros(B, N + 1), True), {},
+                            r"targets for multi-label .* \[3, 5\], got torch.float32 \[3, 6\]"),
+    "multi targets dtype": ((torch.zeros(B, N), torch.zeros(B, N, dtype=torch.long), True), {},
+                            r"targets for multi-label must be a float tensor.*torch.int64"),
+    "targets device": ((torch.zeros(B, N), torch.zeros(B, N, device="meta"), True), {},
+                       r"targets must be on the logits' device cpu, got meta"),
+    "pos_weight length": (MULTI, {"pos_weight": torch.ones(N - 1)},
+                          r"pos_weight must be a float tensor \[N\] = \[5\].*got torch.float32 \[4\]"),
+    "pos_weight dtype": (MULTI, {"pos_weight": torch.ones(N, dtype=torch.long)}, r"pos_weight must be a float"),
+    "label_mask shape": (MULTI, {"label_mask": torch.ones(B, N - 1, dtype=torch.bool)},
+                         r"label_mask must have shape \[N\] = \[5\] or \[B, N\] = \[3, 5\], got torch.bool \[3, 4\]"),
+    "label_mask values": (MULTI, {"label_mask": torch.full((N,), 2.0)}, r"label_mask must be bool or hold only 0 and 1"),
+    "smoothing multi": (MULTI, {"label_smoothing": 0.1}, r"label_smoothing applies to single-label"),
+    "ignore_index multi": (MULTI, {"ignore_index": 3}, r"ignore_index applies to single-label only"),
+    "single targets float": ((torch.zeros(B, N), torch.zeros(B), False), {},
+                             r"targets for single-label must be integer class ids \[B\] = \[3\], got torch.float32"),
+    "single targets shape": ((torch.zeros(B, N), torch.zeros(B, 1, dtype=torch.long), False), {},
+                             r"class ids \[B\] = \[3\], got torch.int64 \[3, 1\]"),
+    "class id too large": ((torch.zeros(B, N), torch.tensor([0, 5, 1]), False), {},
+                           r"class id 5 at row 1; class ids must be in \[0, 4\]"),
+    "class id negative": ((torch.zeros(B, N), torch.tensor([0, 1, -3]), False), {}, r"class id -3 at row 2"),
+    "pos_weight single": (SINGLE, {"pos_weight": torch.ones(N)}, r"pos_weight applies to multi-label"),
+    "label_mask single": (SINGLE, {"label_mask": torch.ones(N, dtype=torch.bool)}, r"label_mask applies to multi"),
+    "smoothing one": (SINGLE, {"label_smoothing": 1.0}, r"label_smoothing must be a float in \[0, 1\), got 1.0"),
+    "smoothing negative": (SINGLE, {"label_smoothing": -0.1}, r"label_smoothing must be .* got -0.1"),
+    "reduction": (SINGLE, {"reduction": "avg"}, r"reduction must be one of \('mean', 'sum', 'none'\), got 'avg'"),
+    "divisor without mean": (MULTI, {"reduction": "sum", "num_items_in_batch": 4},
+                             r"num_items_in_batch is the divisor of reduction='mean'; got it with reduction='sum'"),
+    "backend": (MULTI, {"backend": "cuda"}, r"backend must be one of 'auto', 'torch', 'extension'; got 'cuda'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_raises_value_error_before_any_kernel(case, kernel_calls):
+    (logits, targets, multi_label), options, message = BAD_INPUTS[case]
+    with pytest.raises(ValueError, match=message):
+        label_loss_and_probas(logits, targets, multi_label, **options)
+    assert kernel_calls == []
+
+
+@needs_extension
+def test_the_ops_themselves_refuse_bad_input():
+    """The kernels' own guards, for direct calls and for compiled graphs (where data checks are skipped)."""
+    logits = torch.zeros(B, N)
+    with pytest.raises(RuntimeError, match="class id 7 at row 0"):
+        torch.ops.ltc_fast_ext.single_label_forward(logits, torch.tensor([7, 0, 0]), -100, 0.0, False)
+    with pytest.raises(RuntimeError, match=r"targets must be Float \[3, 5\], got Double"):
+        torch.ops.ltc_fast_ext.multi_label_forward(logits, torch.zeros(B, N, dtype=torch.float64), None, None, False)
+    with pytest.raises(RuntimeError, match="pos_weight must be"):
+        torch.ops.ltc_fast_ext.multi_label_forward(logits, torch.zeros(B, N), torch.ones(N + 1), None, False)
+
+
+# -------------------------------------------------------------------------------------- backend selection
+@needs_extension
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_auto_uses_the_extension_when_loaded(kernel_calls, multi_label):
+    logits, targets = (MULTI if multi_label else SINGLE)[:2]
+    label_loss_and_probas(logits, targets, multi_label)
+    assert kernel_calls == ["_extension_multi_label" if multi_label else "_extension_single_label"]
+
+
+def test_environment_variable_forces_the_torch_path(monkeypatch, kernel_calls):
+    monkeypatch.setenv(BACKEND_ENV_VAR, "torch")
+    label_loss_and_probas(*MULTI)
+    label_loss_and_probas(*SINGLE)
+    assert kernel_calls == ["_torch_multi_label", "_torch_single_label"]
+
+
+def test_forcing_torch_does_not_even_load_the_extension(monkeypatch, kernel_calls):
+    monkeypatch.setattr(loss_extension, "load", lambda: pytest.fail("backend='torch' loaded the extension"))
+    label_loss_and_probas(*MULTI, backend="torch")
+    assert kernel_calls == ["_torch_multi_label"]
+
+
+def test_unavailable_extension_falls_back_under_auto_and_fails_when_forced(unavailable_extension, kernel_calls):
+    loss, _ = label_loss_and_probas(*SINGLE)
+    assert kernel_calls == ["_torch_single_label"] and loss.isfinite()
+    with pytest.raises(RuntimeError, match="backend='extension' was requested .* unavailable: simulated: no compiler"):
+        label_loss_and_probas(*SINGLE, backend="extension")
+
+
+@needs_extension
+def test_targets_that_require_grad_take_the_twin(kernel_calls):
+    """The extension gives no gradient for targets (soft-label distillation would need one)."""
+    logits = torch.randn(B, N, requires_grad=True)
+    targets = torch.rand(B, N, requires_grad=True)
+    loss, _ = label_loss_and_probas(logits, targets, True)
+    loss.backward()
+    assert kernel_calls == ["_torch_multi_label"]
+    expected = -logits.detach() / logits.numel()  # d BCE / d y = -x
+    assert_relative_close(targets.grad, expected, 1e-6, "dtargets")
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def test_extension_status_names_the_path():
+    status = loss_extension.extension_status()
+    assert re.fullmatch(r"(prebuilt|jit) CPU(\+CUDA)?|unavailable: .+", status), status
+    assert loss_extension.source_dir() is not None, "csrc/ sources not found for the JIT build"
+
+
+def test_unavailable_extension_is_reported_once(monkeypatch):
+    monkeypatch.setattr(loss_extension, "_state", None)
+    monkeypatch.setattr(loss_extension, "_load", lambda: loss_extension.ExtensionState(False, "simulated"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert loss_extension.extension_status() == "unavailable: simulated"
+        label_loss_and_probas(*MULTI)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "unavailable: simulated; using the PyTorch loss path" in messages[0]
+
+
+@pytest.fixture
+def no_prebuilt_module(monkeypatch):
+    real_import = loss_extension.importlib.import_module
+
+    def import_module(name, *args):
+        if name == loss_extension.PREBUILT_MODULE:
+            raise ImportError(f"simulated: no module named {name}")
+        return real_import(name, *args)
+
+    monkeypatch.setattr(loss_extension.importlib, "import_module", import_module)
+
+
+def test_no_build_environment_variable_skips_the_jit_build(monkeypatch, no_prebuilt_module):
+    monkeypatch.setenv(loss_extension.NO_BUILD_ENV_VAR, "1")
+    monkeypatch.setattr(loss_extension, "_jit_build", lambda: pytest.fail("JIT build attempted"))
+    state = loss_extension._load()
+    assert not state.loaded and loss_extension.NO_BUILD_ENV_VAR in state.status()
+
+
+def test_a_failed_jit_build_is_a_status_not_an_exception(monkeypatch, no_prebuilt_module):
+    monkeypatch.delenv(loss_extension.NO_BUILD_ENV_VAR, raising=False)
+
+    def failing_build():
+        raise OSError("simulated: g++ not found")
+
+    monkeypatch.setattr(loss_extension, "_jit_build", failing_build)
+    state = loss_extension._load()
+    assert not state.loaded
+    assert "JIT build failed: OSError: simulated: g++ not found" in state.status()
+
+
+# ---------------------------------------------------------------------------------- torch.library / compile
+@needs_extension
+@pytest.mark.parametrize("elementwise", [False, True])
+def test_opcheck_multi_label(elementwise):
+    label_loss._register_python_parts()
+    logits = torch.randn(B, N, requires_grad=True)
+    transposed = torch.randn(N, B, requires_grad=True).t()  # non-contiguous: outputs are contiguous anyway
+    targets = (torch.rand(B, N) < 0.5).float()
+    for logits, pos_weight, label_mask in [(logits, None, None),
+                                           (logits, torch.rand(N) + 0.5, torch.rand(B, N) < 0.5),
+                                           (transposed, None, torch.rand(N) < 0.5)]:
+        torch.library.opcheck(torch.ops.ltc_fast_ext.multi_label_forward.default,
+                              (logits, targets, pos_weight, label_mask, elementwise))
+        grad = torch.randn(B, N) if elementwise else torch.randn(())
+        torch.library.opcheck(torch.ops.ltc_fast_ext.multi_label_backward.default,
+                              (grad, logits.detach(), targets, pos_weight, label_mask))
+
+
+@needs_extension
+@pytest.mark.parametrize("elementwise", [False, True])
+def test_opcheck_single_label(elementwise):
+    label_loss._register_python_parts()
+    logits = torch.randn(B, N, requires_grad=True)
+    targets = torch.tensor([1, -100, 4])
+    torch.library.opcheck(torch.ops.ltc_fast_ext.single_label_forward.default, (logits, targets, -100, 0.1, elementwise))
+    _, _, stats = torch.ops.ltc_fast_ext.single_label_forward(logits.detach(), targets, -100, 0.1, elementwise)
+    grad = torch.randn(B) if elementwise else torch.randn(())
+    torch.library.opcheck(torch.ops.ltc_fast_ext.single_label_backward.default,
+                          (grad, logits.detach(), targets, stats, -100, 0.1))
+
+
+@needs_extension
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_torch_compile_traces_the_extension_in_one_graph(multi_label):
+    logits = torch.randn(4, 9)
+    if multi_label:
+        targets, options = (torch.rand(4, 9) < 0.5).float(), {"pos_weight": torch.rand(9) + 0.5,
+                                                               "label_mask": torch.rand(9) < 0.7}
+    else:
+        targets, options = torch.tensor([3, -100, 0, 8]), {"label_smoothing": 0.1}
+
+    def loss_and_grad(fn):
+        leaf = logits.clone().requires_grad_()
+        loss, probas = fn(leaf)
+        loss.backward()
+        return loss.detach(), probas.detach(), leaf.grad
+
+    def step(x):
+        return label_loss_and_probas(x, targets, multi_label, backend="extension", **options)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    for ours, eager in zip(loss_and_grad(compiled), loss_and_grad(step)):
+        assert_relative_close(ours, eager, 1e-6, scale=1.0)
+
+
+# ------------------------------------------------------------------------------------------------ the model
+@needs_extension
+def test_the_model_uses_the_extension_by_default(kernel_calls):
+    _, model = reference_and_ltc("bert", 4)
+    ids, mask = text_batch(3, 9, pad_id=0)
+    labels = (torch.rand(3, 4) < 0.5).float()
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    model.config.ops_backend = "torch"
+    loss_torch = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert kernel_calls == ["_extension_multi_label", "_torch_multi_label"]
+    assert_relative_close(loss, loss_torch, 1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("multi_label", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 28), (3, 4099), (2, 100003)])
+def test_cuda_kernels_match_torch(dtype, multi_label, shape):
+    assert loss_extension.runs_on(torch.device("cuda")), loss_extension.extension_status()
+    logits = (torch.randn(shape, device="cuda") * 4).to(dtype)
+    upstream = torch.randn((), device="cuda")
+    if multi_label:
+        targets = (torch.rand(shape, device="cuda") < 0.3).float()
+        options = {"pos_weight": torch.rand(shape[1], device="cuda") + 0.5,
+                   "label_mask": torch.rand(shape, device="cuda") < 0.8}
+        def oracle(x):  # noqa: E306
+            keep, wide = options["label_mask"], x.to(torch.promote_types(x.dtype, torch.float32))
+            loss = F.binary_cross_entropy_with_logits(wide[keep], targets[keep].to(wide.dtype),
+                                                      pos_weight=options["pos_weight"].expand(shape)[keep].to(wide.dtype))
+            return loss, torch.sigmoid(x)
+    else:
+        targets = torch.randint(0, shape[1], (shape[0],), device="cuda")
+        targets[0] = -100 if shape[0] > 1 else targets[0]
+        options = {"label_smoothing": 0.1}
+        def oracle(x):  # noqa: E306
+            wide = x.to(torch.promote_types(x.dtype, torch.float32))
+            return F.cross_entropy(wide, targets, label_smoothing=0.1), torch.softmax(x, -1)
+
+    def run(fn, x):
+        leaf = x.clone().requires_grad_()
+        loss, probas = fn(leaf)
+        (dlogits,) = torch.autograd.grad(loss, leaf, grad_outputs=upstream.to(loss.dtype))
+        return loss.detach().double(), probas.detach().double(), dlogits.double()
+
+    for _ in range(2):  # the caching allocator hands these NaN blocks to the kernel: unwritten outputs show
+        torch.full(shape, float("nan"), device="cuda", dtype=dtype)
+    ours = run(lambda x: label_loss_and_probas(x, targets, multi_label, backend="extension", **options), logits)
+    exact = run(oracle, logits.double())
+    same_dtype = run(oracle, logits)
+    for what, mine, truth, torchs in zip(("loss", "probas", "dlogits"), ours, exact, same_dtype):
+        assert mine.isfinite().all(), what
+        our_error, torch_error = (mine - truth).abs().max(), (torchs - truth).abs().max()
+        assert our_error <= 2 * torch_error + 1e-5 * truth.abs().max(), f"{what}: {our_error} vs torch {torch_error}"
