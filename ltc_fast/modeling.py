@@ -86,6 +86,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         label_init: str = "random",
         hidden_layer: int = -1,
         label_head_dropout: float = 0.1,
+        label_positions: str | None = None,
+        label_attention: str | None = None,
         tokenizer=None,
         dtype: torch.dtype | None = None,
         attn_implementation: str | None = None,
@@ -95,21 +97,27 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         embeddings; `pytorch_model.bin` or safetensors) or a plain encoder (a new head and label table,
         initialised by `label_init`: random | avg | label_name | cls).
 
-        `encoder_config_overrides` (e.g. `hidden_dropout_prob=0.0`) update the encoder's config.
+        `label_positions` / `label_attention` (see `LtcConfig`) default to the checkpoint's, else the
+        reference's. `encoder_config_overrides` (e.g. `hidden_dropout_prob=0.0`) update the encoder's config.
         """
         path = str(pretrained_model_name_or_path)
         found = AutoConfig.from_pretrained(path)
         for key, value in encoder_config_overrides.items():
             setattr(found.encoder if isinstance(found, LtcConfig) else found, key, value)
+        modes = {k: v for k, v in (("label_positions", label_positions), ("label_attention", label_attention))
+                 if v is not None}
         if isinstance(found, LtcConfig):
+            if modes:  # validated by LtcConfig's own checks
+                found = LtcConfig(**{**found.to_dict(), **modes})
             model = cls._from_ltc_checkpoint(path, found, num_labels, label_names, problem_type)
         else:
             options = dict(problem_type=problem_type, label_init=label_init, hidden_layer=hidden_layer,
-                           label_head_dropout=label_head_dropout)
+                           label_head_dropout=label_head_dropout, **modes)
             if checkpoints.is_reference_checkpoint(path):
                 model = cls._from_reference_checkpoint(path, found, num_labels, label_names, options)
             else:
                 model = cls._from_encoder(path, found, num_labels, label_names, options, tokenizer)
+        model.name_or_path = model.config._name_or_path = path  # where `predict` finds the saved tokenizer
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)  # HF's own switch, sub-models included
         if dtype is not None:
@@ -193,6 +201,18 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                                  f"cannot initialise it")
             means.append(words[torch.tensor(piece_ids, device=words.device)].float().mean(dim=0))
         return torch.stack(means)
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, texts, tokenizer=None, top_k: int | None = None, threshold: float | None = None,
+                batch_size: int = 32, max_length: int | None = None) -> list[list[dict]]:
+        """Labels of raw texts: for each text `[{"label": name, "score": probability}, ...]`, best first.
+        Multi-label: the labels at or above `threshold` (default: the saved per-label thresholds, else
+        0.5), at most `top_k`; `top_k` alone gives the k best. Single-label: the best label by default.
+        `tokenizer` may be left out when the model was loaded from a directory that holds one."""
+        from .prediction import predict  # prediction.py sits on top of this module
+
+        return predict(self, texts, tokenizer=tokenizer, top_k=top_k, threshold=threshold,
+                       batch_size=batch_size, max_length=max_length)
 
     # ------------------------------------------------------------------ forward
     @property
