@@ -186,13 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench", formatter_class=_Formatter, help="run the benchmark suite (source checkout only)",
+        usage=f"{PROG} bench [-h] [--bench-dir DIR] [--smoke] [PYTEST_ARGS ...]",
         description=_describe("Runs `pytest bench/ --benchmark [PYTEST_ARGS]` on the repository's benchmark suite "
-                    "(results in bench/results/). Extra arguments go to pytest, e.g. "
-                    f"`{PROG} bench -- -k W1 --bench-rounds 5`."))
+                    "(results in bench/results/). Every other argument goes to pytest, e.g. "
+                    f"`{PROG} bench -k W1 --bench-rounds 5`."))
     bench.add_argument("--bench-dir", default=None, metavar="DIR",
                        help="the bench/ folder (default: next to the package, as in an editable install)")
     bench.add_argument("--smoke", action="store_true", help="tiny sizes, untimed (no --benchmark)")
-    bench.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
+    # Any other argument goes to pytest (collected by `main` with parse_known_args, in order).
     bench.set_defaults(handler=_bench)
     return parser
 
@@ -378,17 +379,18 @@ def _convert(args) -> int:
 def _bench(args) -> int:
     from .benchmarks import run_benchmarks
 
-    pytest_args = list(args.pytest_args)
-    if pytest_args[:1] == ["--"]:
-        pytest_args = pytest_args[1:]
-    return run_benchmarks(pytest_args, args.bench_dir, args.smoke)
+    return run_benchmarks(args.pytest_args, args.bench_dir, args.smoke)
 
 
 # ---------------------------------------------------------------------------------------------- entry
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.pytest_args = [arg for arg in extra if arg != "--"]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
