@@ -240,6 +240,7 @@ def _train(args) -> int:
     import torch
 
     from .datafiles import read_label_names
+    from .evaluation import format_report
     from .finetune import TrainOptions, pretrained_label_names, train_classifier
     from .output import check_output_dir, staged_output_dir
 
@@ -268,8 +269,6 @@ def _train(args) -> int:
     with staged_output_dir(args.out, args.overwrite) as staging:
         metrics = train_classifier(model, train, dev, staging, options, args.problem_type, args.max_length, test,
                                    args.tune_thresholds, model_options, record)
-    from .evaluation import format_report
-
     print(f"best dev micro-F1 {metrics['best_dev_micro_f1']:.4f} at step {metrics['best_step']}")
     print(format_report(metrics["dev"]))
     if metrics["test"] is not None:
@@ -286,6 +285,7 @@ def _load(args):
 
 
 def _eval(args) -> int:
+    from .checkpoints import is_reference_checkpoint
     from .evaluation import evaluate, format_report, report_from_probas, tuned_thresholds
     from .output import write_json
 
@@ -293,6 +293,9 @@ def _eval(args) -> int:
     _check_probability("threshold", args.threshold)
     if args.tune_thresholds and args.threshold is not None:
         raise UsageError("--tune-thresholds and --threshold exclude each other")
+    if args.tune_thresholds and is_reference_checkpoint(args.model):
+        raise UsageError(f"--tune-thresholds saves into an ltc_fast checkpoint; {args.model!r} is a reference "
+                         f"checkpoint (convert it first: ltc-fast convert --from-reference)")
     model, tokenizer = _load(args)
     data = _read(args.data, args, model.config.label_names, model.config.problem_type, args.max_examples)
     report, probas = evaluate(model, tokenizer, data, args.threshold, args.batch_size, args.max_length, progress=True)

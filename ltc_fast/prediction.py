@@ -64,15 +64,14 @@ def iter_probas(model, tokenizer, texts: Sequence[str], batch_size: int = 32, ma
     was_training = model.training
     model.eval()
     try:
-        bar = tqdm(total=len(texts), unit="text", disable=not progress, desc="predict")
-        for start in range(0, len(texts), batch_size):
-            chunk = list(texts[start:start + batch_size])
-            batch = tokenize_texts(tokenizer, chunk, model.num_labels, max_length=max_length, padding=True,
-                                   return_tensors="pt")
-            probas = model(**{k: v.to(device) for k, v in batch.items()}).probas
-            bar.update(len(chunk))
-            yield probas.float().cpu().numpy()
-        bar.close()
+        with tqdm(total=len(texts), unit="text", disable=not progress, desc="predict") as bar:
+            for start in range(0, len(texts), batch_size):
+                chunk = list(texts[start:start + batch_size])
+                batch = tokenize_texts(tokenizer, chunk, model.num_labels, max_length=max_length, padding=True,
+                                       return_tensors="pt")
+                probas = model(**{k: v.to(device) for k, v in batch.items()}).probas
+                bar.update(len(chunk))
+                yield probas.float().cpu().numpy()
     finally:
         model.train(was_training)
 

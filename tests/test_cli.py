@@ -169,6 +169,20 @@ def test_convert_to_reference_and_back_gives_identical_logits(work, tmp_path):
     torch.testing.assert_close(reference_logits, logits, rtol=0, atol=1e-5)
 
 
+def test_eval_and_predict_take_a_reference_checkpoint(work, tmp_path, capsys):
+    reference_dir = tmp_path / "reference"
+    assert run("convert", "--to-reference", work["model"], "--out", reference_dir) == 0
+    assert run("predict", "--model", reference_dir, "--input", work["dev"], "--output", tmp_path / "p.jsonl",
+               "--top-k", 4) == 0
+    expected = Model.from_pretrained(work["model"]).predict(_texts(work["dev"]), top_k=4)
+    for line, labels in zip(_jsonl(tmp_path / "p.jsonl"), expected):
+        assert [e["label"] for e in line["labels"]] == [e["label"] for e in labels]
+        assert [e["score"] for e in line["labels"]] == pytest.approx([e["score"] for e in labels], abs=1e-5)
+    capsys.readouterr()
+    assert run("eval", "--model", reference_dir, "--data", work["dev"], "--tune-thresholds") == 2
+    assert "is a reference checkpoint (convert it first" in capsys.readouterr().err
+
+
 def test_single_label_training_from_csv(work, tmp_path):
     rng = random.Random(1)
     lines = ["text,labels"] + [f"{' '.join(rng.choice(WORDS) for _ in range(3))},{rng.choice(['pos', 'neg'])}"
