@@ -8,6 +8,7 @@ Argument parsing and printing only; the work is done by `finetune`, `evaluation`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -231,9 +232,7 @@ def _read(path, args, label_names=None, problem_type="multi", limit=None):
 
     data = read_labeled(path, label_names, problem_type, args.format, args.text_column, args.labels_column,
                         args.label_separator)
-    if limit is not None:
-        data.texts, data.labels = data.texts[:limit], data.labels[:limit]
-    return data
+    return data if limit is None else dataclasses.replace(data, texts=data.texts[:limit], labels=data.labels[:limit])
 
 
 def _train(args) -> int:
@@ -269,7 +268,8 @@ def _train(args) -> int:
     with staged_output_dir(args.out, args.overwrite) as staging:
         metrics = train_classifier(model, train, dev, staging, options, args.problem_type, args.max_length, test,
                                    args.tune_thresholds, model_options, record)
-    print(f"best dev micro-F1 {metrics['best_dev_micro_f1']:.4f} at step {metrics['best_step']}")
+    if metrics["best_step"] is not None:
+        print(f"best dev micro-F1 {metrics['best_dev_micro_f1']:.4f} at step {metrics['best_step']}")
     print(format_report(metrics["dev"]))
     if metrics["test"] is not None:
         print(format_report(metrics["test"]))
