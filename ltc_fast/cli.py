@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="multi-label decision threshold of the dev / test metrics (not saved with the model)")
     train.add_argument("--tune-thresholds", action="store_true",
                        help="after training, tune one threshold per label on dev (best F1 on a 0.05 grid) and "
-                            "save them with the model (predict and eval use them)")
+                            "save them with the model (predict and eval use them); favours macro-F1, micro-F1 "
+                            "can fall")
     train.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the new weights, the data order and dropout")
     train.add_argument("--bf16", action="store_true", help="bf16 mixed precision (CUDA only)")
     train.add_argument("--out", required=True, metavar="DIR", help="where the trained model is saved")
