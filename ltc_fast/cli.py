@@ -12,8 +12,10 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 
 PROG = "ltc-fast"
@@ -387,6 +389,14 @@ def _bench(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- entry
+def _exit_on_sigterm():
+    """Turn SIGTERM (e.g. a job scheduler's) into SystemExit, so the cleanup of a half-written --out runs;
+    returns the previous handler (None when not in the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -404,8 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # warnings about new weights etc. are expected here
     hf_logging.disable_progress_bar()  # loading / saving bars; the Trainer's and ours stay
+    on_term = _exit_on_sigterm()
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
     except ValueError as error:  # bad input: data files, options, checkpoints (DataFileError included)
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -413,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 1
     finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
