@@ -6,6 +6,7 @@ from .checkpoints import from_reference_state_dict, to_reference_state_dict
 from .config import LtcConfig
 from .data import LabelTokenCollator, tokenize_texts
 from .modeling import AutoModelForTokenSequenceClassification, LabelTokenClassifierOutput
+from .prediction import load_classifier
 
 AutoConfig.register(LtcConfig.model_type, LtcConfig, exist_ok=True)
 
@@ -17,6 +18,7 @@ __all__ = [
     "LabelTokenCollator",
     "LtcConfig",
     "from_reference_state_dict",
+    "load_classifier",
     "to_reference_state_dict",
     "tokenize_texts",
 ]

@@ -65,12 +65,28 @@ def resolve_label_names(num_labels: int | None, label_names) -> list[str]:
     return label_names
 
 
+def validate_label_thresholds(thresholds, num_labels: int) -> list[float] | None:
+    """Per-label decision thresholds: None, or `num_labels` floats strictly between 0 and 1."""
+    if thresholds is None:
+        return None
+    if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__len__"):
+        raise ValueError(f"label_thresholds must be a list of {num_labels} floats in (0, 1), got {thresholds!r}")
+    thresholds = [float(t) for t in thresholds]
+    if len(thresholds) != num_labels:
+        raise ValueError(f"label_thresholds must hold one threshold per label ({num_labels}), got {len(thresholds)}")
+    bad = [(i, t) for i, t in enumerate(thresholds) if not 0.0 < t < 1.0]
+    if bad:
+        raise ValueError(f"label_thresholds must lie in (0, 1); label {bad[0][0]} has {bad[0][1]}")
+    return thresholds
+
+
 class LtcConfig(PretrainedConfig):
     """Config of `AutoModelForTokenSequenceClassification`.
 
     `encoder` is the wrapped encoder's config (saved as a nested dict). `id2label` holds the label names,
     `num_labels` follows from it. `hidden_layer` is resolved at construction: the encoder config keeps only
-    the layers up to the chosen one, so a saved model reloads with the same depth.
+    the layers up to the chosen one, so a saved model reloads with the same depth. `label_thresholds`
+    (optional, one per label) are the multi-label decision thresholds prediction uses by default.
     """
 
     model_type = "ltc_fast"
@@ -91,6 +107,7 @@ class LtcConfig(PretrainedConfig):
         label_chunk_size: int | None = None,
         sampled_negatives: int | None = None,
         negative_sampling: str = "uniform",
+        label_thresholds: list[float] | None = None,
         **kwargs,
     ):
         if isinstance(encoder, dict):
@@ -152,6 +169,9 @@ class LtcConfig(PretrainedConfig):
                 f"problem_type={SINGLE_LABEL!r} needs num_labels >= 2 (softmax over one label is constant), "
                 f"got num_labels=1; use {MULTI_LABEL!r} for a single yes/no label"
             )
+        if label_thresholds is not None and problem_type != MULTI_LABEL:
+            raise ValueError(f"label_thresholds apply to {MULTI_LABEL!r} only, the problem type is {problem_type!r}")
+        self.label_thresholds = validate_label_thresholds(label_thresholds, count)
         super().__init__(problem_type=problem_type, **kwargs)
 
     @property

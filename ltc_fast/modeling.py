@@ -119,6 +119,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         path = str(pretrained_model_name_or_path)
         found = AutoConfig.from_pretrained(path)
         execution = {k: encoder_config_overrides.pop(k) for k in EXECUTION_OPTIONS if k in encoder_config_overrides}
+        execution = {k: v for k, v in execution.items() if v is not None}  # None: keep the saved / default value
         for key, value in encoder_config_overrides.items():
             setattr(found.encoder if isinstance(found, LtcConfig) else found, key, value)
         if isinstance(found, LtcConfig):
@@ -132,6 +133,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                 model = cls._from_reference_checkpoint(path, found, num_labels, label_names, options)
             else:
                 model = cls._from_encoder(path, found, num_labels, label_names, options, tokenizer)
+        model.name_or_path = model.config._name_or_path = path  # where `predict` finds the saved tokenizer
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)  # HF's own switch, sub-models included
         if dtype is not None:
@@ -216,6 +218,18 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                                  f"cannot initialise it")
             means.append(words[torch.tensor(piece_ids, device=words.device)].float().mean(dim=0))
         return torch.stack(means)
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, texts, tokenizer=None, top_k: int | None = None, threshold: float | None = None,
+                batch_size: int = 32, max_length: int | None = None) -> list[list[dict]]:
+        """Labels of raw texts: for each text `[{"label": name, "score": probability}, ...]`, best first.
+        Multi-label: the labels at or above `threshold` (default: the saved per-label thresholds, else
+        0.5), at most `top_k`; `top_k` alone gives the k best. Single-label: the best label by default.
+        `tokenizer` may be left out when the model was loaded from a directory that holds one."""
+        from .prediction import predict  # prediction.py sits on top of this module
+
+        return predict(self, texts, tokenizer=tokenizer, top_k=top_k, threshold=threshold,
+                       batch_size=batch_size, max_length=max_length)
 
     # ------------------------------------------------------------------ forward
     @property

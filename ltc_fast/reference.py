@@ -10,6 +10,7 @@ accumulation, and labels that count against the position limit.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, PretrainedConfig
 
+from .checkpoints import POOLER_PREFIX, to_reference_state_dict
 from .config import MULTI_LABEL, normalize_problem_type, resolve_label_names
 
 
@@ -93,3 +95,25 @@ class ReferenceLabelTokenModel(nn.Module):
         config.problem_type = self.problem_type
         config.save_pretrained(directory)
         torch.save(self.state_dict(), os.path.join(directory, "pytorch_model.bin"))
+
+
+def reference_from_ltc(model, tokenizer=None) -> ReferenceLabelTokenModel:
+    """The reference model computing the same function as an ltc_fast model (its label rows appended to
+    the word embeddings). When a tokenizer is given, the label tokens are added to it (as the reference
+    needs); it must have exactly the encoder's vocabulary before."""
+    vocab_size = model.transformer.get_input_embeddings().num_embeddings
+    names = model.config.label_names
+    label_ids = list(range(vocab_size, vocab_size + len(names)))
+    if tokenizer is not None and len(tokenizer) == vocab_size + len(names) \
+            and tokenizer.convert_tokens_to_ids(label_tokens(names)) == label_ids:
+        tokenizer = None  # it holds the label tokens already (it came from a reference checkpoint)
+    elif tokenizer is not None and len(tokenizer) != vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, the encoder's vocabulary {vocab_size}; the "
+                         f"reference's label tokens would get the wrong ids")
+    encoder = AutoModel.from_config(copy.deepcopy(model.config.encoder))
+    reference = ReferenceLabelTokenModel.from_encoder(encoder, names, model.config.problem_type, tokenizer)
+    missing, unexpected = reference.load_state_dict(to_reference_state_dict(model), strict=False)
+    # The reference's pooler is not part of its function; ltc_fast has none to give it.
+    if unexpected or any(not key.startswith(POOLER_PREFIX) for key in missing):
+        raise ValueError(f"the state dicts do not match: missing {missing}, unexpected {unexpected}")
+    return reference.eval()

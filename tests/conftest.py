@@ -123,8 +123,7 @@ def assert_relative_close(actual: torch.Tensor, expected: torch.Tensor, tol: flo
     assert error <= tol * scale, f"{what}: max abs error {error:.3e} > {tol} * {float(scale):.3e}"
 
 
-@pytest.fixture
-def tiny_tokenizer():
+def make_tiny_tokenizer():
     """An offline WordPiece tokenizer whose vocabulary is exactly VOCAB tokens."""
     words = ["happy", "sad", "angry", "calm", "the", "a", "is", "not", "very", "day", "food", "good", "bad",
              "joy", "fear", "love", "##s", "##ly", "##ness", "label"]
@@ -133,6 +132,21 @@ def tiny_tokenizer():
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
     assert len(tokenizer) == VOCAB
     return tokenizer
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    return make_tiny_tokenizer()
+
+
+def save_tiny_encoder(directory, arch: str = "bert"):
+    """A tiny random encoder and the tiny tokenizer saved like a pretrained encoder (`from_pretrained`
+    loads the directory as a plain encoder)."""
+    from transformers import AutoModel
+
+    AutoModel.from_config(encoder_config(arch)).save_pretrained(directory)
+    make_tiny_tokenizer().save_pretrained(directory)
+    return str(directory)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -33,3 +33,28 @@ def test_readme_large_label_example_runs(tmp_path, monkeypatch):
     assert namespace["out"].label_ids.numel() == 66 and {7, 1999} <= set(namespace["out"].label_ids.tolist())
     assert namespace["every"].shape == (2, 2000)
     torch.testing.assert_close(namespace["some"], namespace["every"][:, [3, 17, 42]], rtol=1e-5, atol=1e-6)
+
+
+def _command_lines(markdown: str) -> list[str]:
+    """`ltc-fast ...` invocations in the README's bash blocks (continuation lines joined, pipes split)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("|"):
+                part = part.split("#")[0].strip()
+                if part.startswith("ltc-fast "):
+                    commands.append(part)
+    return commands
+
+
+def test_readme_command_lines_parse():
+    import shlex
+
+    from ltc_fast.cli import build_parser
+
+    commands = _command_lines(README.read_text())
+    assert {shlex.split(c)[1] for c in commands} == {"train", "eval", "predict", "convert", "bench"}
+    parser = build_parser()
+    for command in commands:
+        args, extra = parser.parse_known_args(shlex.split(command)[1:])
+        assert not extra or args.command == "bench", f"{command}: unknown arguments {extra}"

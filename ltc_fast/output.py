@@ -1,0 +1,57 @@
+"""Writing results: a command's output directory appears whole or not at all, and JSON never holds NaN."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+
+
+def check_output_dir(out: str, overwrite: bool) -> None:
+    """Refuse an existing non-empty `out` unless `overwrite` (checked before any work starts)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} exists and is not a directory")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise ValueError(f"--out {out!r} exists and is not empty; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def staged_output_dir(out: str, overwrite: bool = False):
+    """Yield a fresh sibling directory of `out` to write into; on success it replaces `out`, on any error
+    it is removed, so `out` never holds a half-written result."""
+    check_output_dir(out, overwrite)
+    out = os.path.abspath(out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.partial-")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's private mode would otherwise stick to `out`
+    try:
+        yield staging
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        if os.path.isdir(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def json_safe(value):
+    """NaN and infinities (e.g. ROC-AUC without a positive example) become null: valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str, value) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(json_safe(value), f, indent=2, allow_nan=False)
+        f.write("\n")

@@ -1,0 +1,142 @@
+"""Prediction: batched probabilities for raw texts, and the labels (with scores) each text gets.
+
+Decision rule (multi-label): a label is predicted when its probability reaches its threshold, which is
+`threshold` when given, else the model's saved per-label thresholds (`config.label_thresholds`), else 0.5.
+`top_k` keeps at most the k best labels; given alone (no `threshold`) it returns the k best labels
+whatever their scores. Single-label models return the best label unless `top_k` / `threshold` say
+otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer
+
+from . import checkpoints, encoders
+from .config import MULTI_LABEL, LtcConfig
+from .data import tokenize_texts
+from .modeling import AutoModelForTokenSequenceClassification
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MAX_LENGTH = 512  # the reference's
+
+
+def load_classifier(path: str):
+    """A trained model (ltc_fast or reference checkpoint) and its tokenizer, or a ValueError saying why not."""
+    path = str(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path!r} is not an ltc_fast or reference checkpoint: no readable config.json "
+                         f"({str(error).splitlines()[0]})") from None
+    if not isinstance(config, LtcConfig) and not checkpoints.is_reference_checkpoint(path):
+        raise ValueError(f"{path!r} is not an ltc_fast or reference checkpoint: it holds a {config.model_type!r} "
+                         f"model without a trained label head (train one with `ltc-fast train --model {path}`)")
+    model = AutoModelForTokenSequenceClassification.from_pretrained(path)
+    return model, saved_tokenizer(path)
+
+
+def saved_tokenizer(path: str):
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path!r} holds no tokenizer ({str(error).splitlines()[0]}); save one next to the "
+                         f"model or pass tokenizer=...") from None
+
+
+def default_max_length(model) -> int:
+    return min(DEFAULT_MAX_LENGTH, encoders.max_sequence_length(model.config.encoder))
+
+
+@torch.no_grad()
+def iter_probas(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None,
+                progress: bool = False) -> Iterator[np.ndarray]:
+    """Probabilities `[batch, num_labels]` (float32), one array per batch of `texts`, in order."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    max_length = default_max_length(model) if max_length is None else max_length
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with tqdm(total=len(texts), unit="text", disable=not progress, desc="predict") as bar:
+            for start in range(0, len(texts), batch_size):
+                chunk = list(texts[start:start + batch_size])
+                batch = tokenize_texts(tokenizer, chunk, model.num_labels, max_length=max_length, padding=True,
+                                       return_tensors="pt", label_positions=model.config.label_positions,
+                                       label_attention=model.config.label_attention)
+                probas = model(**{k: v.to(device) for k, v in batch.items()}).probas
+                bar.update(len(chunk))
+                yield probas.float().cpu().numpy()
+    finally:
+        model.train(was_training)
+
+
+def predict_probas(model, tokenizer, texts, batch_size: int = 32, max_length: int | None = None,
+                   progress: bool = False) -> np.ndarray:
+    """Probabilities `[len(texts), num_labels]` (sigmoid for multi-label, softmax for single-label)."""
+    parts = list(iter_probas(model, tokenizer, texts, batch_size, max_length, progress))
+    return np.concatenate(parts) if parts else np.zeros((0, model.num_labels), dtype=np.float32)
+
+
+def decision_rule(config, top_k: int | None = None, threshold: float | None = None):
+    """`(top_k, thresholds)` for `select_labels` from the caller's choices and the model's defaults
+    (see the module's docstring); thresholds is a float, one float per label, or None (rank only)."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+        return top_k, float(threshold)
+    if top_k is not None:
+        return top_k, None
+    if config.problem_type != MULTI_LABEL:
+        return 1, None
+    return None, (list(config.label_thresholds) if config.label_thresholds else DEFAULT_THRESHOLD)
+
+
+def select_labels(probas: np.ndarray, label_names: list[str], top_k: int | None = None,
+                  thresholds=None) -> list[dict]:
+    """One text's labels as `{"label", "score"}`, best first: those at or above their threshold (all when
+    `thresholds` is None), at most `top_k` of them."""
+    order = np.argsort(-probas, kind="stable")
+    if thresholds is not None:
+        limits = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), probas.shape)
+        order = [i for i in order if probas[i] >= limits[i]]
+    if top_k is not None:
+        order = order[:top_k]
+    return [{"label": label_names[i], "score": float(probas[i])} for i in order]
+
+
+def resolve_tokenizer(model, tokenizer=None):
+    """`tokenizer`, else the one saved in the directory the model was loaded from."""
+    if tokenizer is not None:
+        return tokenizer
+    cached = getattr(model, "_ltc_tokenizer", None)
+    if cached is not None:
+        return cached
+    path = getattr(model, "name_or_path", "") or ""
+    if not path or not os.path.isdir(path):
+        raise ValueError("pass tokenizer=...: the model was not loaded from a directory that could hold one")
+    model._ltc_tokenizer = saved_tokenizer(path)
+    return model._ltc_tokenizer
+
+
+def predict(model, texts, tokenizer=None, top_k: int | None = None, threshold: float | None = None,
+            batch_size: int = 32, max_length: int | None = None, progress: bool = False) -> list[list[dict]]:
+    """For each text, its labels as `[{"label": name, "score": probability}, ...]`, best first.
+    See the module's docstring for the decision rule."""
+    if isinstance(texts, str):
+        texts = [texts]
+    tokenizer = resolve_tokenizer(model, tokenizer)
+    top_k, thresholds = decision_rule(model.config, top_k, threshold)
+    names = model.config.label_names
+    results = []
+    for probas in iter_probas(model, tokenizer, texts, batch_size, max_length, progress):
+        results.extend(select_labels(row, names, top_k, thresholds) for row in probas)
+    return results
