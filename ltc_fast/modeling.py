@@ -31,7 +31,7 @@ _LAYER_INDEX = re.compile(r"^transformer\.(?:encoder|transformer)\.layer\.(\d+)\
 class LabelTokenClassifierOutput(ModelOutput):
     """`loss` (when labels are given), `logits` and `probas` of shape `[batch_size, num_labels]`.
     `hidden_states` / `attentions` are the encoder's, over the `[CLS] labels text` sequence (decoupled
-    mode: over the text alone). When a subset of labels is scored (`label_ids`, or sampled negatives while
+    mode: over the text alone). When a subset of labels is scored (`subset`, or sampled negatives while
     training), `logits`/`probas` are `[batch_size, len(label_ids)]` and `label_ids` says which labels."""
 
     loss: torch.Tensor | None = None
@@ -225,19 +225,21 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         num_items_in_batch: torch.Tensor | int | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        label_ids: torch.Tensor | None = None,
+        subset: torch.Tensor | None = None,
     ) -> LabelTokenClassifierOutput:
         """`input_ids` `[B, T]`: tokenized text with its special tokens and no label tokens (see
         `ltc_fast.tokenize_texts`), or the reference's ids with the label block after [CLS].
         `labels`: float `[B, N]` (multi-label) or class ids `[B]` / one-hot rows (single-label), over all N.
-        `label_ids` (decoupled mode): score only these labels (`[n]` distinct ids); their logits equal the
+        `subset` (decoupled mode): score only these labels (`[n]` distinct ids); their logits equal the
         same labels' logits of a full pass."""
         text_ids, attention_mask, token_type_ids = self._text_inputs(input_ids, attention_mask, token_type_ids)
         targets = None
         if labels is not None:
             targets = prepare_targets(labels, self.config.problem_type, text_ids.shape[0], self.num_labels)
         decoupled = self.config.label_attention == "decoupled"
-        label_ids = self._check_label_ids(label_ids, decoupled, text_ids.device)
+        # Named `subset`, not `label_ids`: transformers.Trainer takes every forward argument whose name contains
+        # "label" for a target, and then evaluates without loss or compute_metrics when it is absent.
+        label_ids = self._check_subset(subset, decoupled, text_ids.device)
         if decoupled and label_ids is None and self.training and targets is not None and self.config.sampled_negatives:
             label_ids = self._sample_label_ids(targets.values)
         if decoupled:
@@ -366,21 +368,21 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             chunks.append(self._head(states.reshape(rows.numel(), -1), rows))
         return torch.cat(chunks, dim=1), encoded
 
-    def _check_label_ids(self, label_ids, decoupled, device):
+    def _check_subset(self, label_ids, decoupled, device):
         if label_ids is None:
             return None
         if not decoupled:
-            raise ValueError("label_ids (scoring a subset of labels) needs label_attention='decoupled'; with full "
+            raise ValueError("subset (scoring a subset of labels) needs label_attention='decoupled'; with full "
                              "attention every label's logit depends on all the others")
         label_ids = torch.as_tensor(label_ids, device=device)
         if label_ids.dim() != 1 or label_ids.is_floating_point() or label_ids.numel() == 0:
-            raise ValueError(f"label_ids must be a non-empty 1-D tensor of label indices, got "
+            raise ValueError(f"subset must be a non-empty 1-D tensor of label indices, got "
                              f"{list(label_ids.shape)} {label_ids.dtype}")
         if label_ids.min() < 0 or label_ids.max() >= self.num_labels:
-            raise ValueError(f"label_ids must lie in [0, {self.num_labels - 1}], got values from "
+            raise ValueError(f"subset must lie in [0, {self.num_labels - 1}], got values from "
                              f"{int(label_ids.min())} to {int(label_ids.max())}")
         if label_ids.unique().numel() != label_ids.numel():
-            raise ValueError("label_ids must not repeat a label")
+            raise ValueError("subset must not repeat a label")
         return label_ids.long()
 
     @torch.no_grad()
@@ -420,7 +422,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         column[label_ids] = torch.arange(label_ids.numel(), device=values.device)
         remapped = column[values]
         if (remapped < 0).any():
-            raise ValueError("label_ids must include every row's class for single-label targets; missing "
+            raise ValueError("subset must include every row's class for single-label targets; missing "
                              f"{sorted(set(values[remapped < 0].tolist()))}")
         return remapped
 

@@ -113,7 +113,7 @@ def test_a_subset_of_labels_scores_as_in_the_full_pass():
     subset = torch.randperm(12)[:5]
     with torch.no_grad():
         full = model(ids, mask).logits
-        out = model(ids, mask, label_ids=subset)
+        out = model(ids, mask, subset=subset)
     assert out.label_ids.tolist() == subset.tolist()
     assert_relative_close(out.logits, full[:, subset], 1e-6, "subset logits")
 
@@ -130,7 +130,7 @@ def test_sampled_training_step_uses_positives_and_k_negatives():
     assert out.logits.shape == (3, 8)
     model.eval()
     with torch.no_grad():  # no dropout: the sampled labels' loss is the loss over those columns of a full pass
-        out = model(ids, mask, labels=targets, label_ids=torch.tensor(chosen))
+        out = model(ids, mask, labels=targets, subset=torch.tensor(chosen))
         full = model(ids, mask).logits[:, chosen]
     want = torch.nn.functional.binary_cross_entropy_with_logits(full, targets[:, chosen])
     assert_relative_close(out.loss, want, 1e-6, "sampled loss")
@@ -160,8 +160,8 @@ def test_single_label_sampling_remaps_the_classes():
     out = model(ids, mask, labels=targets)
     assert {3, 17} <= set(out.label_ids.tolist()) and out.logits.shape == (3, 6)
     assert torch.isfinite(out.loss)
-    with pytest.raises(ValueError, match=r"label_ids must include every row's class.*\[17\]"):
-        model(ids, mask, labels=targets, label_ids=torch.tensor([3, 5]))
+    with pytest.raises(ValueError, match=r"subset must include every row's class.*\[17\]"):
+        model(ids, mask, labels=targets, subset=torch.tensor([3, 5]))
 
 
 def test_label_sampling_trains_a_tiny_model():
@@ -187,17 +187,17 @@ def test_label_sampling_trains_a_tiny_model():
     assert full_loss() < 0.7 * before
 
 
-def test_label_ids_are_validated():
+def test_subset_is_validated():
     model = decoupled_model("bert", 5)
     ids, mask = text_batch(2, 6, 0)
-    for bad, message in [(torch.tensor([0, 5]), r"label_ids must lie in \[0, 4\]"),
+    for bad, message in [(torch.tensor([0, 5]), r"subset must lie in \[0, 4\]"),
                          (torch.tensor([1, 1]), "must not repeat"),
                          (torch.tensor([[0, 1]]), "non-empty 1-D tensor")]:
         with pytest.raises(ValueError, match=message):
-            model(ids, mask, label_ids=bad)
+            model(ids, mask, subset=bad)
     full = Model(ltc_fast.LtcConfig(encoder=encoder_config("bert"), num_labels=5)).eval()
-    with pytest.raises(ValueError, match="label_ids .* needs label_attention='decoupled'"):
-        full(ids, mask, label_ids=torch.tensor([0]))
+    with pytest.raises(ValueError, match="subset .* needs label_attention='decoupled'"):
+        full(ids, mask, subset=torch.tensor([0]))
 
 
 def test_decoupled_options_need_decoupled_attention():
