@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from . import attention, checkpoints, encoders, layout, ops
+from . import attention, checkpoints, distributed, encoders, layout, ops
 from .config import MULTI_LABEL, LtcConfig, normalize_problem_type, resolve_label_names
 from .targets import prepare_targets
 
@@ -398,7 +398,9 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
 
     def _sample_label_ids(self, targets: torch.Tensor) -> torch.Tensor:
         """The batch's positive labels plus `sampled_negatives` negatives drawn without replacement, uniformly
-        or in proportion to `negative_sampling_scores`, from torch's generator (seeded like everything else)."""
+        or in proportion to `negative_sampling_scores`. Under DDP/FSDP each rank scores its own batch's
+        positives and draws its own negatives (`distributed.per_rank_generator`: reproducible from torch's
+        seed, different on every rank), exactly as successive micro-batches of gradient accumulation would."""
         if self.config.problem_type == MULTI_LABEL:
             positive = targets.gt(0).any(dim=0)
         else:
@@ -412,7 +414,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             weights = self.negative_sampling_scores[negatives].clamp_min(1e-12)
         else:
             weights = torch.ones(negatives.numel(), device=targets.device)
-        chosen = negatives[torch.multinomial(weights, count)] if count else negatives[:0]
+        generator = distributed.per_rank_generator(weights.device)
+        chosen = negatives[torch.multinomial(weights, count, generator=generator)] if count else negatives[:0]
         return torch.cat([positive.nonzero().squeeze(1), chosen]).sort().values
 
     def _subset_targets(self, values: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
