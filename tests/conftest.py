@@ -118,6 +118,10 @@ def assert_relative_close(actual: torch.Tensor, expected: torch.Tensor, tol: flo
 
 @pytest.fixture
 def tiny_tokenizer():
+    return make_tiny_tokenizer()
+
+
+def make_tiny_tokenizer():
     """An offline WordPiece tokenizer whose vocabulary is exactly VOCAB tokens."""
     words = ["happy", "sad", "angry", "calm", "the", "a", "is", "not", "very", "day", "food", "good", "bad",
              "joy", "fear", "love", "##s", "##ly", "##ness", "label"]
