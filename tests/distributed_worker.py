@@ -22,10 +22,11 @@ import sys
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
-from ltc_fast import distributed
+from ltc_fast import distributed, encoders
 
 
 def _half(batch: dict, rank: int, world: int) -> dict:
@@ -62,6 +63,8 @@ def run_steps(job: dict, folder: str) -> None:
     distributed.save_pretrained(wrapped, os.path.join(folder, f"{job['wrap']}-saved"))
     results = {"label_ids": scored}
     if job["wrap"] == "fsdp":
+        results["layer_units"] = [isinstance(layer, FSDPModule) for layer in encoders.encoder_layers(model.transformer)]
+        results["label_table_rows_here"] = model.label_embeddings.weight.to_local().shape[0]
         wrapped.eval()
         with torch.no_grad():  # every rank runs the same input: FSDP's forward is collective
             results["logits"] = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

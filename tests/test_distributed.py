@@ -200,6 +200,10 @@ def test_fsdp_steps_and_checkpoint(launched, mode):
     reloads on one process with the sharded model's logits."""
     folder = launched / f"fsdp-{mode}"
     results = torch.load(folder / "fsdp-results.pt")
+    # Full attention: one FSDP unit per encoder layer; decoupled: the whole model is one unit (see
+    # fully_shard_model). Either way the label table is sharded: rank 0 holds half of its rows.
+    assert results["layer_units"] == [mode == "full"] * 3
+    assert results["label_table_rows_here"] == NUM_LABELS // WORLD
     saved = Model.from_pretrained(folder / "fsdp-saved")
     assert saved.config.architectures == ["AutoModelForTokenSequenceClassification"]
     _assert_same_parameters(saved, _single_process_steps(folder, results["label_ids"]), f"FSDP {mode}")
