@@ -15,8 +15,6 @@ import os
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from . import encoders
@@ -73,6 +71,8 @@ def fully_shard_model(model: nn.Module, **fully_shard_options) -> nn.Module:
     call's keys and values: backward reaches a layer's weights through that cache before it reaches the
     layer's output, and FSDP's per-layer hooks (gather at a call's output, free after a call's input) would
     free the weights while a later call's gradient still needs them."""
+    from torch.distributed.fsdp import fully_shard  # here: builds without torch.distributed still import ltc_fast
+
     if model.config.label_attention != "decoupled":
         for layer in encoders.encoder_layers(model.transformer):
             fully_shard(layer, **fully_shard_options)
@@ -91,6 +91,8 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     module = unwrap(model)
     if not _initialized():
         return {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
