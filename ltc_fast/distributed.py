@@ -71,6 +71,9 @@ def fully_shard_model(model: nn.Module, **fully_shard_options) -> nn.Module:
     call's keys and values: backward reaches a layer's weights through that cache before it reaches the
     layer's output, and FSDP's per-layer hooks (gather at a call's output, free after a call's input) would
     free the weights while a later call's gradient still needs them."""
+    if not hasattr(getattr(model, "config", None), "label_attention") or not hasattr(model, "transformer"):
+        raise ValueError(f"fully_shard_model takes an ltc_fast AutoModelForTokenSequenceClassification, got "
+                         f"{type(model).__name__}")
     from torch.distributed.fsdp import fully_shard  # here: builds without torch.distributed still import ltc_fast
 
     if model.config.label_attention != "decoupled":

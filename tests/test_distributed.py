@@ -251,3 +251,5 @@ def test_single_process_helpers(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(Model.from_pretrained(tmp_path / "saved")(batch["input_ids"]).logits,
                                    model(batch["input_ids"]).logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="fully_shard_model takes an ltc_fast AutoModelForTokenSequenceClassification, got Linear"):
+        distributed.fully_shard_model(torch.nn.Linear(2, 2))
