@@ -18,7 +18,7 @@ kernel is ours, selected per call by what the model passes through the encoder's
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,14 +37,17 @@ class PackedSequences:
     max_seqlen: int
 
 
-@dataclass
 class DecoupledText:
-    """Per-layer text keys / values of a decoupled pass. `key_padding`: bool `[B, T]`, True for real tokens."""
+    """Per-layer text keys / values of a decoupled pass. `key_padding`: bool `[B, T]`, True for real tokens.
 
-    key_padding: torch.Tensor
-    recording: bool = True
-    keys: dict = field(default_factory=dict)
-    values: dict = field(default_factory=dict)
+    A plain class, not a dataclass: FSDP rebuilds the dataclass arguments of a sharded layer to hook their
+    tensors, which would hand every layer its own copy of this shared cache."""
+
+    def __init__(self, key_padding: torch.Tensor):
+        self.key_padding = key_padding
+        self.recording = True
+        self.keys: dict = {}
+        self.values: dict = {}
 
 
 def flash_attn_varlen():

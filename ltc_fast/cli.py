@@ -279,6 +279,8 @@ def _train(args) -> int:
     with staged_output_dir(args.out, args.overwrite) as staging:
         metrics = train_classifier(model, train, dev, staging, options, args.problem_type, args.max_length, test,
                                    args.tune_thresholds, model_options, record)
+    if metrics is None:  # another rank of a torchrun launch: rank 0 reports
+        return 0
     if metrics["best_step"] is not None:
         print(f"best dev micro-F1 {metrics['best_dev_micro_f1']:.4f} at step {metrics['best_step']}")
     print(format_report(metrics["dev"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
 from transformers import PretrainedConfig
 
 
@@ -24,6 +25,8 @@ class EncoderSpec:
     # Absolute position embeddings and attention through transformers' AttentionInterface: what packed
     # (unpadded) execution, shared label positions and decoupled label attention need.
     absolute_positions: bool = True
+    # Dotted path of the encoder's ModuleList of transformer layers (the unit FSDP shards).
+    layers_path: str = "encoder.layer"
 
 
 _BERT_LIKE = EncoderSpec("arange", "num_hidden_layers", has_pooler=True, takes_token_type_ids=True)
@@ -33,7 +36,8 @@ SUPPORTED_ENCODERS: dict[str, EncoderSpec] = {
     "bert": _BERT_LIKE,
     "roberta": _ROBERTA_LIKE,
     "xlm-roberta": _ROBERTA_LIKE,
-    "distilbert": EncoderSpec("arange", "n_layers", has_pooler=False, takes_token_type_ids=False),
+    "distilbert": EncoderSpec("arange", "n_layers", has_pooler=False, takes_token_type_ids=False,
+                               layers_path="transformer.layer"),
     "electra": EncoderSpec("arange", "num_hidden_layers", has_pooler=False, takes_token_type_ids=True),
     "deberta-v2": EncoderSpec("arange", "num_hidden_layers", has_pooler=False, takes_token_type_ids=True,
                               absolute_positions=False),
@@ -58,6 +62,11 @@ def encoder_spec(config: PretrainedConfig) -> EncoderSpec:
 
 def num_layers(config: PretrainedConfig) -> int:
     return getattr(config, encoder_spec(config).num_layers_attr)
+
+
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a Hugging Face encoder (`AutoModel`) of a supported architecture."""
+    return encoder.get_submodule(encoder_spec(encoder.config).layers_path)
 
 
 def set_num_layers(config: PretrainedConfig, value: int) -> None:

@@ -14,6 +14,7 @@ import torch
 from scipy.special import expit, softmax
 from transformers import AutoConfig, AutoTokenizer, EvalPrediction, Trainer, TrainingArguments, set_seed
 
+from . import distributed
 from .config import MULTI_LABEL, LtcConfig, normalize_problem_type
 from .data import LabelTokenCollator, load_goemotions, tokenize_texts
 from .datafiles import LabeledData
@@ -58,6 +59,9 @@ def training_arguments(output_dir: str, *, epochs: float, batch_size: int, lr: f
         weight_decay=weight_decay, seed=seed, use_cpu=not torch.cuda.is_available(), bf16=bf16, report_to=[],
         remove_unused_columns=False,
         disable_tqdm=False,  # a progress bar even when transformers logging is quietened
+        # Under torchrun / accelerate (DDP): every parameter gets a gradient in every step (no pooler), so
+        # skip DDP's per-step search for unused ones (the Trainer's default is to search).
+        ddp_find_unused_parameters=False,
         **extra,
     )
 
@@ -169,7 +173,7 @@ def train_classifier(model_source: str, train: LabeledData, dev: LabeledData, ou
     checkpoint with the best dev micro-F1, optionally tune per-label thresholds on dev, and save into
     `out_dir`: the model (safetensors, config with label names and thresholds), its tokenizer, `labels.txt`
     and `metrics.json` (dev metrics of every evaluation, the best step, final dev / test reports, `record`
-    and provenance). Returns what `metrics.json` holds."""
+    and provenance). Returns what `metrics.json` holds (None on the other ranks of a torchrun launch)."""
     problem_type = normalize_problem_type(problem_type)
     names = train.label_names
     set_seed(options.seed)  # the new head and label rows are drawn before the Trainer seeds anything
@@ -187,6 +191,9 @@ def train_classifier(model_source: str, train: LabeledData, dev: LabeledData, ou
     start = time.perf_counter()
     trainer = train_with_dev(model, examples(train), examples(dev), collator, options, checkpoints_dir)
     train_seconds = time.perf_counter() - start
+    distributed.barrier()  # under torchrun: every rank has loaded the best checkpoint before they are deleted
+    if not distributed.is_main_process():
+        return None  # rank 0 evaluates and writes the model directory
     shutil.rmtree(checkpoints_dir, ignore_errors=True)
     model = trainer.model
 

@@ -31,7 +31,7 @@ _LAYER_INDEX = re.compile(r"^transformer\.(?:encoder|transformer)\.layer\.(\d+)\
 class LabelTokenClassifierOutput(ModelOutput):
     """`loss` (when labels are given), `logits` and `probas` of shape `[batch_size, num_labels]`.
     `hidden_states` / `attentions` are the encoder's, over the `[CLS] labels text` sequence (decoupled
-    mode: over the text alone). When a subset of labels is scored (`label_ids`, or sampled negatives while
+    mode: over the text alone). When a subset of labels is scored (`subset`, or sampled negatives while
     training), `logits`/`probas` are `[batch_size, len(label_ids)]` and `label_ids` says which labels."""
 
     loss: torch.Tensor | None = None

@@ -9,6 +9,8 @@ import os
 import shutil
 import tempfile
 
+from . import distributed
+
 
 def check_output_dir(out: str, overwrite: bool) -> None:
     """Refuse an existing non-empty `out` unless `overwrite` (checked before any work starts)."""
@@ -26,6 +28,10 @@ def staged_output_dir(out: str, overwrite: bool = False):
     out = os.path.abspath(out)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
+    if distributed.world_size() > 1:
+        with _shared_staging(out, parent) as staging:
+            yield staging
+        return
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.partial-")
     umask = os.umask(0)
     os.umask(umask)
@@ -37,6 +43,25 @@ def staged_output_dir(out: str, overwrite: bool = False):
         os.replace(staging, out)
     finally:
         if os.path.isdir(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _shared_staging(out: str, parent: str):
+    """Under torchrun every rank must see the same directory (the Trainer's checkpoints live there): its
+    name comes from the launch, every rank creates it, and rank 0 alone moves it into place once all ranks
+    are done with it."""
+    staging = os.path.join(parent, f".{os.path.basename(out)}.partial-dist-{os.environ.get('MASTER_PORT', '0')}")
+    os.makedirs(staging, exist_ok=True)
+    try:
+        yield staging
+        distributed.barrier()
+        if distributed.is_main_process():
+            if os.path.isdir(out):
+                shutil.rmtree(out)
+            os.replace(staging, out)
+    finally:
+        if distributed.is_main_process() and os.path.isdir(staging):
             shutil.rmtree(staging, ignore_errors=True)
 
 

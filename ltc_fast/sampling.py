@@ -10,12 +10,15 @@ from __future__ import annotations
 import torch
 
 from .config import MULTI_LABEL
+from .distributed import per_rank_generator
 
 
 def sample_label_ids(targets: torch.Tensor, problem_type: str, num_labels: int, num_negatives: int,
                      scores: torch.Tensor | None = None) -> torch.Tensor:
     """Sorted ids of the batch's positive labels plus `num_negatives` negatives drawn without replacement,
-    uniformly or in proportion to `scores` `[N]`, from torch's default generator (seeded like the rest)."""
+    uniformly or in proportion to `scores` `[N]`. Under DDP / FSDP each rank scores its own batch's positives
+    and draws its own negatives (`per_rank_generator`: reproducible from torch's seed, different on every
+    rank), exactly as successive micro-batches of gradient accumulation would."""
     if problem_type == MULTI_LABEL:
         positive = targets.gt(0).any(dim=0)
     else:
@@ -27,7 +30,8 @@ def sample_label_ids(targets: torch.Tensor, problem_type: str, num_labels: int, 
         weights = scores[negatives].clamp_min(1e-12)  # a zero score must not make multinomial fail
     else:
         weights = torch.ones(negatives.numel(), device=targets.device)
-    chosen = negatives[torch.multinomial(weights, count)] if count else negatives[:0]
+    generator = per_rank_generator(weights.device)
+    chosen = negatives[torch.multinomial(weights, count, generator=generator)] if count else negatives[:0]
     return torch.cat([positive.nonzero().squeeze(1), chosen]).sort().values
 
 

@@ -187,7 +187,7 @@ def test_label_sampling_trains_a_tiny_model():
     assert full_loss() < 0.7 * before
 
 
-def test_label_ids_are_validated():
+def test_subset_is_validated():
     model = decoupled_model("bert", 5)
     ids, mask = text_batch(2, 6, 0)
     for bad, message in [(torch.tensor([0, 5]), r"subset must lie in \[0, 4\]"),

@@ -92,3 +92,24 @@ def test_gradient_accumulation_equals_one_big_batch(problem_type, labels_as, tmp
     assert any(step.abs().max() > 0 for step in big_step.values())
     for name, step in big_step.items():
         torch.testing.assert_close(accumulated_step[name], step, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_evaluate_reports_loss_and_calls_compute_metrics(tmp_path, tiny_tokenizer):
+    """With default TrainingArguments, Trainer finds the model's target argument (`labels` only: no other
+    forward argument may contain "label"), so evaluation computes the loss and hands compute_metrics the
+    targets of every example."""
+    model = _model("multi_label_classification")
+    collator = LabelTokenCollator(tiny_tokenizer, NUM_LABELS, "multi_label_classification")
+    dev = _examples(5, "multi_label_classification")
+    seen = []
+
+    def compute_metrics(prediction):
+        seen.append(prediction)
+        return {"rows": len(prediction.label_ids)}
+
+    trainer = Trainer(model=model, args=_args(tmp_path, per_device_eval_batch_size=2), eval_dataset=dev,
+                      data_collator=collator, compute_metrics=compute_metrics)
+    assert trainer.label_names == ["labels"]
+    metrics = trainer.evaluate()
+    assert metrics["eval_rows"] == 5 and metrics["eval_loss"] == pytest.approx(_mean_loss(model, collator, dev), rel=1e-5)
+    assert torch.equal(torch.as_tensor(seen[0].label_ids), collator(dev)["labels"])
