@@ -123,6 +123,20 @@ def assert_relative_close(actual: torch.Tensor, expected: torch.Tensor, tol: flo
     assert error <= tol * scale, f"{what}: max abs error {error:.3e} > {tol} * {float(scale):.3e}"
 
 
+def assert_error_at_most_twice_torchs(op, inputs, grad, exact_values):
+    """The GPU accuracy rule: run `op(*inputs, backend=...)` on the Triton and the torch path (inputs in low
+    precision), take the output and the gradients of `inputs`, and require each Triton error against the
+    fp32 oracle `exact_values` (output, then gradients) to be at most twice the torch path's own."""
+    results = {}
+    for backend in ("torch", "triton"):
+        out = op(*inputs, backend=backend)
+        results[backend] = (out, *torch.autograd.grad(out, inputs, grad.to(out.dtype)))
+    for index, exact_value in enumerate(exact_values):
+        ours = (results["triton"][index].float() - exact_value).abs().max()
+        theirs = (results["torch"][index].float() - exact_value).abs().max()
+        assert ours <= 2 * theirs + 1e-6, (index, ours.item(), theirs.item())
+
+
 def make_tiny_tokenizer():
     """An offline WordPiece tokenizer whose vocabulary is exactly VOCAB tokens."""
     words = ["happy", "sad", "angry", "calm", "the", "a", "is", "not", "very", "day", "food", "good", "bad",

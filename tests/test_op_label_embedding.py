@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import OP_DEVICE, assert_relative_close, needs_triton
+from conftest import OP_DEVICE, assert_error_at_most_twice_torchs, assert_relative_close, needs_triton
 from ltc_fast import layout
 from ltc_fast.ops import label_embedding as emb
 from ltc_fast.ops import triton_support
@@ -174,14 +174,8 @@ def test_cuda_kernel_error_is_at_most_twice_torchs_own(dtype):
     grad = torch.randn(5, 6 + 28, 768, device="cuda")
     exact = emb.inject_label_embeddings_torch(ids, words, labels, PAD)
     exact_grads = torch.autograd.grad(exact, (words, labels), grad)
-    results = {}
-    for backend in ("torch", "triton"):
-        out = emb.inject_label_embeddings(ids, *low, PAD, backend=backend)
-        results[backend] = (out, *torch.autograd.grad(out, low, grad.to(dtype)))
-    for index, exact_value in enumerate((exact, *exact_grads)):
-        ours = (results["triton"][index].float() - exact_value).abs().max()
-        theirs = (results["torch"][index].float() - exact_value).abs().max()
-        assert ours <= 2 * theirs + 1e-6, (index, ours.item(), theirs.item())
+    assert_error_at_most_twice_torchs(lambda w, l, backend: emb.inject_label_embeddings(ids, w, l, PAD, backend=backend),
+                                      low, grad, (exact, *exact_grads))
 
 
 @pytest.mark.gpu

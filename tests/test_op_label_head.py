@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import OP_DEVICE, assert_relative_close, needs_triton
+from conftest import OP_DEVICE, assert_error_at_most_twice_torchs, assert_relative_close, needs_triton
 from ltc_fast import layout
 from ltc_fast.ops import label_head as head
 from ltc_fast.ops import triton_support
@@ -193,14 +193,8 @@ def test_cuda_kernel_error_is_at_most_twice_torchs_own(dtype):
     grad = torch.randn(5, 28, device="cuda")
     exact = head.label_head_logits_torch(states, weight, bias, 28)
     exact_grads = torch.autograd.grad(exact, (states, weight, bias), grad)
-    results = {}
-    for backend in ("torch", "triton"):
-        out = head.label_head_logits(*low, 28, backend=backend)
-        results[backend] = (out, *torch.autograd.grad(out, low, grad.to(dtype)))
-    for index, exact_value in enumerate((exact, *exact_grads)):
-        ours = (results["triton"][index].float() - exact_value).abs().max()
-        theirs = (results["torch"][index].float() - exact_value).abs().max()
-        assert ours <= 2 * theirs + 1e-6, (index, ours.item(), theirs.item())
+    assert_error_at_most_twice_torchs(lambda h, w, b, backend: head.label_head_logits(h, w, b, 28, backend=backend),
+                                      low, grad, (exact, *exact_grads))
 
 
 @pytest.mark.gpu
