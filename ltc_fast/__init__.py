@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig
 
+from .backends import backends
 from .checkpoints import from_reference_state_dict, to_reference_state_dict
 from .config import LtcConfig
 from .data import LabelTokenCollator, tokenize_texts
@@ -17,6 +18,7 @@ __all__ = [
     "LabelTokenClassifierOutput",
     "LabelTokenCollator",
     "LtcConfig",
+    "backends",
     "from_reference_state_dict",
     "load_classifier",
     "to_reference_state_dict",

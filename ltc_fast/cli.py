@@ -205,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--smoke", action="store_true", help="tiny sizes, untimed (no --benchmark)")
     # Any other argument goes to pytest (collected by `main` with parse_known_args, in order).
     bench.set_defaults(handler=_bench)
+
+    info = commands.add_parser(
+        "info", formatter_class=_Formatter, help="versions, and which implementation each part uses here",
+        description=_describe("Prints the versions ltc_fast runs with and, for this machine's device, the path "
+                              "each part takes: Triton kernels or their PyTorch twins, the C++/CUDA loss "
+                              "extension (prebuilt, JIT-compiled or unavailable), the attention kernels."))
+    info.add_argument("--device", default=None, metavar="DEVICE", help="cpu or cuda (default: cuda when present)")
+    info.set_defaults(handler=_info)
     return parser
 
 
@@ -389,6 +397,19 @@ def _convert(args) -> int:
         tokenizer.save_pretrained(staging)
         AutoModelForTokenSequenceClassification.from_pretrained(staging)  # it loads back, before it is published
     print(f"converted {source} to {'ltc_fast' if args.from_reference else 'the reference format'} in {args.out}")
+    return 0
+
+
+def _info(args) -> int:
+    from .backends import backends
+    from .provenance import provenance
+
+    meta = provenance()
+    for key in ("device", "python", "torch", "transformers", "triton"):
+        if meta.get(key):
+            print(f"{key:>30}: {meta[key]}")
+    for part, path in backends(args.device).items():
+        print(f"{part:>30}: {path}")
     return 0
 
 

@@ -285,7 +285,7 @@ def test_usage_errors_exit_with_2(work, tmp_path, capsys):
 def test_every_subcommand_documents_every_option(capsys):
     parser = cli.build_parser()
     subcommands = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(subcommands) == {"train", "eval", "predict", "convert", "bench"}
+    assert set(subcommands) == {"train", "eval", "predict", "convert", "bench", "info"}
     for name, subparser in subcommands.items():
         for action in subparser._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help text"

@@ -53,7 +53,7 @@ def test_readme_command_lines_parse():
     from ltc_fast.cli import build_parser
 
     commands = _command_lines(README.read_text())
-    assert {shlex.split(c)[1] for c in commands} == {"train", "eval", "predict", "convert", "bench"}
+    assert {shlex.split(c)[1] for c in commands} == {"train", "eval", "predict", "convert", "bench", "info"}
     parser = build_parser()
     for command in commands:
         args, extra = parser.parse_known_args(shlex.split(command)[1:])
