@@ -33,6 +33,20 @@ class BuildPyWithSources(build_py):
                 shutil.copy2(source, target / source.name)
 
 
+def _vector_isa_flags():
+    """The CPU kernels' vector-instruction flags, from ltc_fast/ops/loss_extension.py (the JIT build uses the same
+    function). Loaded by path: importing the ltc_fast package here would pull in its runtime dependencies."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent / "ltc_fast" / "ops" / "loss_extension.py"
+    spec = importlib.util.spec_from_file_location("_ltc_fast_loss_extension_build", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.vector_isa_flags()
+
+
 def loss_extension():
     """([Extension], cmdclass) for the loss extension, or ([], cmdclass) when it cannot be built here."""
     cmdclass = {"build_py": BuildPyWithSources}
@@ -54,12 +68,13 @@ def loss_extension():
                 warnings.warn(f"ltc_fast: not building the C++ loss extension ({type(error).__name__}: {error}); "
                               "ltc_fast will JIT-compile it on first use or use its PyTorch path")
 
+    cxx_flags = ["-O3", *_vector_isa_flags()]
     sources = [f"{CSRC}/label_loss.cpp"]
     if torch.version.cuda is not None and CUDA_HOME is not None:
         extension = CUDAExtension(EXTENSION_NAME, sources + [f"{CSRC}/label_loss_cuda.cu"],
-                                  extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]})
+                                  extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]})
     else:
-        extension = CppExtension(EXTENSION_NAME, sources, extra_compile_args={"cxx": ["-O3"]})
+        extension = CppExtension(EXTENSION_NAME, sources, extra_compile_args={"cxx": cxx_flags})
     cmdclass["build_ext"] = OptionalBuildExtension
     return [extension], cmdclass
 

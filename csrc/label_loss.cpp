@@ -10,16 +10,28 @@
 // Python side divides for 'mean'. Losses and accumulations are float32 (float64 for float64 logits).
 // CUDA kernels for the same schemas live in label_loss_cuda.cu, built only where CUDA is available.
 
+// ATen's Vectorized<T> picks its instruction set from CPU_CAPABILITY_* macros that torch's own build sets per
+// kernel file. The build adds -mavx2 -mfma -mf16c where the building CPU has them
+// (ltc_fast.ops.loss_extension.vector_isa_flags); declare the matching capability before any ATen header so
+// Vectorized<float> is 8 AVX2 lanes calling torch's SLEEF exp/log1p. Elsewhere it is ATen's portable
+// fallback: the same results, slower.
+#if defined(__AVX2__) && defined(__FMA__) && !defined(CPU_CAPABILITY)
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#endif
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <Python.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "label_loss.h"
@@ -29,10 +41,150 @@ namespace {
 
 using at::Tensor;
 
+// ------------------------------------------------------------------------------------------ vector helpers
+// Each kernel runs its inner loop on whole vectors of the accumulation type (at::vec::Vectorized<acc_t>) and
+// finishes the last (size % lanes) elements with the scalar helpers of label_loss.h, which stay the reference
+// for the math: every vector helper below is the lane-wise twin of one of them.
+template <typename acc_t>
+using Vec = at::vec::Vectorized<acc_t>;
+
+// Logits / outputs may be half or bfloat16 while the math runs in float: convert one vector's worth through a
+// small buffer (the compiler turns these loops into the ISA's conversion instructions).
+template <typename acc_t, typename scalar_t>
+inline Vec<acc_t> load_acc(const scalar_t* src) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    return Vec<acc_t>::loadu(src);
+  } else {
+    acc_t buf[Vec<acc_t>::size()];
+    for (int64_t k = 0; k < Vec<acc_t>::size(); ++k) buf[k] = static_cast<acc_t>(src[k]);
+    return Vec<acc_t>::loadu(buf);
+  }
+}
+
+template <typename acc_t, typename scalar_t>
+inline void store_as(scalar_t* dst, const Vec<acc_t>& v) {
+  if constexpr (std::is_same_v<acc_t, scalar_t>) {
+    v.store(dst);
+  } else {
+    acc_t buf[Vec<acc_t>::size()];
+    v.store(buf);
+    for (int64_t k = 0; k < Vec<acc_t>::size(); ++k) dst[k] = static_cast<scalar_t>(buf[k]);
+  }
+}
+
+// A lane mask (all bits set where keep[k]) from one vector's worth of bools, for blendv.
+template <typename acc_t>
+inline Vec<acc_t> keep_mask(const bool* keep) {
+  acc_t buf[Vec<acc_t>::size()];
+  for (int64_t k = 0; k < Vec<acc_t>::size(); ++k) buf[k] = keep[k] ? acc_t(1) : acc_t(0);
+  return Vec<acc_t>::loadu(buf) != Vec<acc_t>(acc_t(0));
+}
+
+// Per-lane double sums: lane k always receives the same elements for a given shape, and total() adds the
+// lanes in order, so a sum does not depend on the thread count (and keeps double accuracy over 10^5 terms).
+template <typename acc_t>
+struct LaneSums {
+  static constexpr int64_t kLanes = Vec<acc_t>::size();
+  double lanes[kLanes] = {};
+  double tail = 0.0;  // the scalar remainder
+
+  void add(const Vec<acc_t>& v) {
+    acc_t buf[kLanes];
+    v.store(buf);
+    for (int64_t k = 0; k < kLanes; ++k) lanes[k] += buf[k];
+  }
+  double total() const {
+    double sum = 0.0;
+    for (int64_t k = 0; k < kLanes; ++k) sum += lanes[k];
+    return sum + tail;
+  }
+};
+
+// Lane-wise sigmoid_from: 1 / (1 + e) for x >= 0, e / (1 + e) below.
+template <typename acc_t>
+inline Vec<acc_t> sigmoid_from_vec(const Vec<acc_t>& x, const Vec<acc_t>& e) {
+  const Vec<acc_t> inv = Vec<acc_t>(acc_t(1)) / (Vec<acc_t>(acc_t(1)) + e);
+  return Vec<acc_t>::blendv(e * inv, inv, x >= Vec<acc_t>(acc_t(0)));
+}
+
+// Lane-wise bce_term: softplus(-x) = log1p(e) + max(-x, 0) never overflows.
+template <typename acc_t>
+inline Vec<acc_t> bce_term_vec(const Vec<acc_t>& x, const Vec<acc_t>& y, const Vec<acc_t>& p,
+                               const Vec<acc_t>& e) {
+  const Vec<acc_t> one(acc_t(1));
+  const Vec<acc_t> softplus_neg = e.log1p() + at::vec::maximum(x.neg(), Vec<acc_t>(acc_t(0)));
+  return (one - y) * x + (one + (p - one) * y) * softplus_neg;
+}
+
+// Lane-wise bce_grad: (1 + (p - 1) y) sigmoid(x) - p y.
+template <typename acc_t>
+inline Vec<acc_t> bce_grad_vec(const Vec<acc_t>& sigmoid, const Vec<acc_t>& y, const Vec<acc_t>& p) {
+  const Vec<acc_t> one(acc_t(1));
+  return (one + (p - one) * y) * sigmoid - p * y;
+}
+
+// The multi-label kernels walk a flat range of elements that may cross rows; within one row the label index
+// (for pos_weight and a per-label mask) is contiguous, so they work span by span: [i, i + len) with label
+// index col .. col + len - 1, never past the end of a row.
+template <typename F>
+inline void for_each_row_span(int64_t begin, int64_t end, int64_t n, F&& span) {
+  int64_t col = begin % n;
+  for (int64_t i = begin; i < end;) {
+    const int64_t len = std::min(end - i, n - col);
+    span(i, col, len);
+    i += len;
+    col = 0;
+  }
+}
+
+// Where a span's inputs start: pos_weight and a per-label mask follow the label index, the rest the element.
+template <typename acc_t>
+struct MultiLabelInputs {
+  const acc_t* y;
+  const acc_t* p;  // nullptr: no pos_weight
+  const bool* mask;  // nullptr: no mask
+  bool mask_per_label;
+
+  const acc_t* pos_weight_at(int64_t col) const { return p ? p + col : nullptr; }
+  const bool* mask_at(int64_t i, int64_t col) const { return mask ? mask + (mask_per_label ? col : i) : nullptr; }
+};
+
 // Multi-label work is split into fixed chunks of elements (not rows, so B = 1 with a large N still runs in
 // parallel); each chunk's partial sum lands in its own slot and the slots are added in order, so the loss
 // does not depend on the number of threads.
 constexpr int64_t kChunk = 16384;
+
+// Forward over one span: probas, and either the per-element loss (out_loss) or its sum (sums).
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+void multi_label_forward_span(const scalar_t* x, const acc_t* y, const acc_t* p, const bool* keep, int64_t len,
+                              scalar_t* out_probas, acc_t* out_loss, LaneSums<acc_t>& sums) {
+  constexpr int64_t lanes = Vec<acc_t>::size();
+  const Vec<acc_t> zero(acc_t(0)), no_weight(acc_t(1));
+  int64_t j = 0;
+  for (; j + lanes <= len; j += lanes) {
+    const Vec<acc_t> xv = load_acc<acc_t>(x + j);
+    const Vec<acc_t> e = xv.abs().neg().exp();  // one exp per element, shared by loss and sigmoid
+    store_as<acc_t>(out_probas + j, sigmoid_from_vec(xv, e));
+    Vec<acc_t> term = bce_term_vec(xv, Vec<acc_t>::loadu(y + j), p ? Vec<acc_t>::loadu(p + j) : no_weight, e);
+    if (keep) term = Vec<acc_t>::blendv(zero, term, keep_mask<acc_t>(keep + j));
+    if (out_loss) {
+      term.store(out_loss + j);
+    } else {
+      sums.add(term);
+    }
+  }
+  for (; j < len; ++j) {  // scalar tail
+    const acc_t xj = static_cast<acc_t>(x[j]);
+    const acc_t e = exp_(-std::abs(xj));
+    out_probas[j] = static_cast<scalar_t>(sigmoid_from(xj, e));
+    const acc_t term = (keep == nullptr || keep[j]) ? bce_term(xj, y[j], p ? p[j] : acc_t(1), e) : acc_t(0);
+    if (out_loss) {
+      out_loss[j] = term;
+    } else {
+      sums.tail += term;
+    }
+  }
+}
 
 template <typename scalar_t>
 void multi_label_forward_kernel(const Tensor& logits, const Tensor& targets, const Tensor* pos_weight,
@@ -40,10 +192,10 @@ void multi_label_forward_kernel(const Tensor& logits, const Tensor& targets, con
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = logits.size(1), numel = logits.numel();
   const scalar_t* x = logits.const_data_ptr<scalar_t>();
-  const acc_t* y = targets.const_data_ptr<acc_t>();
-  const acc_t* p = pos_weight ? pos_weight->const_data_ptr<acc_t>() : nullptr;
-  const bool* mask = label_mask ? label_mask->const_data_ptr<bool>() : nullptr;
-  const bool mask_per_label = label_mask && label_mask->dim() == 1;
+  const MultiLabelInputs<acc_t> in{targets.const_data_ptr<acc_t>(),
+                                   pos_weight ? pos_weight->const_data_ptr<acc_t>() : nullptr,
+                                   label_mask ? label_mask->const_data_ptr<bool>() : nullptr,
+                                   label_mask && label_mask->dim() == 1};
   scalar_t* out_probas = probas.mutable_data_ptr<scalar_t>();
   acc_t* out_loss = elementwise_loss ? elementwise_loss->mutable_data_ptr<acc_t>() : nullptr;
   const int64_t chunks = (numel + kChunk - 1) / kChunk;
@@ -51,26 +203,95 @@ void multi_label_forward_kernel(const Tensor& logits, const Tensor& targets, con
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t begin = c * kChunk, end = std::min(numel, begin + kChunk);
-      int64_t col = begin % n;
-      double sum = 0.0;
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t xi = static_cast<acc_t>(x[i]);
-        const acc_t e = exp_(-std::abs(xi));
-        out_probas[i] = static_cast<scalar_t>(sigmoid_from(xi, e));
-        const bool keep = mask == nullptr || mask[mask_per_label ? col : i];
-        const acc_t term = keep ? bce_term(xi, y[i], p ? p[col] : acc_t(1), e) : acc_t(0);
-        if (out_loss) {
-          out_loss[i] = term;
-        } else {
-          sum += term;
-        }
-        if (++col == n) col = 0;
-      }
-      partial[c] = sum;
+      LaneSums<acc_t> sums;
+      for_each_row_span(begin, end, n, [&](int64_t i, int64_t col, int64_t len) {
+        multi_label_forward_span(x + i, in.y + i, in.pos_weight_at(col), in.mask_at(i, col), len,
+                                 out_probas + i, out_loss ? out_loss + i : nullptr, sums);
+      });
+      partial[c] = sums.total();
     }
   });
   total = 0.0;
   for (double v : partial) total += v;
+}
+
+// Backward over one span: dlogits = bce_grad * grad (0 where masked). g_stride 0: one grad for every element.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+void multi_label_backward_span(const scalar_t* x, const acc_t* y, const acc_t* p, const bool* keep, const acc_t* g,
+                               int64_t g_stride, int64_t len, scalar_t* out) {
+  constexpr int64_t lanes = Vec<acc_t>::size();
+  const Vec<acc_t> zero(acc_t(0)), no_weight(acc_t(1));
+  int64_t j = 0;
+  for (; j + lanes <= len; j += lanes) {
+    const Vec<acc_t> xv = load_acc<acc_t>(x + j);
+    const Vec<acc_t> sigmoid = sigmoid_from_vec(xv, xv.abs().neg().exp());
+    const Vec<acc_t> gv = g_stride ? Vec<acc_t>::loadu(g + j) : Vec<acc_t>(g[0]);
+    Vec<acc_t> d = bce_grad_vec(sigmoid, Vec<acc_t>::loadu(y + j), p ? Vec<acc_t>::loadu(p + j) : no_weight) * gv;
+    if (keep) d = Vec<acc_t>::blendv(zero, d, keep_mask<acc_t>(keep + j));
+    store_as<acc_t>(out + j, d);
+  }
+  for (; j < len; ++j) {  // scalar tail
+    const acc_t xj = static_cast<acc_t>(x[j]);
+    const bool kept = keep == nullptr || keep[j];
+    const acc_t d = kept ? bce_grad(sigmoid_from(xj, exp_(-std::abs(xj))), y[j], p ? p[j] : acc_t(1)) *
+                               g[j * g_stride]
+                         : acc_t(0);
+    out[j] = static_cast<scalar_t>(d);
+  }
+}
+
+// Row maximum, vector lanes then the tail; max is exact, so the order does not matter.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+acc_t row_max_of(const scalar_t* row, int64_t n) {
+  constexpr int64_t lanes = Vec<acc_t>::size();
+  Vec<acc_t> vmax(-std::numeric_limits<acc_t>::infinity());
+  int64_t j = 0;
+  for (; j + lanes <= n; j += lanes) vmax = at::vec::maximum(vmax, load_acc<acc_t>(row + j));
+  acc_t lane_max[lanes];
+  vmax.store(lane_max);
+  acc_t row_max = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t k = 0; k < lanes; ++k) row_max = std::max(row_max, lane_max[k]);
+  for (; j < n; ++j) row_max = std::max(row_max, static_cast<acc_t>(row[j]));
+  return row_max;
+}
+
+// sum exp(x - row_max) and sum x over a row, in double lanes (rows reach 10^5 elements).
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+void row_sums_of(const scalar_t* row, int64_t n, acc_t row_max, double& sum_exp, double& sum_logits) {
+  constexpr int64_t lanes = Vec<acc_t>::size();
+  const Vec<acc_t> vmax(row_max);
+  LaneSums<acc_t> exps, logits;
+  int64_t j = 0;
+  for (; j + lanes <= n; j += lanes) {
+    const Vec<acc_t> xv = load_acc<acc_t>(row + j);
+    exps.add((xv - vmax).exp());
+    logits.add(xv);
+  }
+  for (; j < n; ++j) {
+    const acc_t xj = static_cast<acc_t>(row[j]);
+    exps.tail += exp_(xj - row_max);
+    logits.tail += xj;
+  }
+  sum_exp = exps.total();
+  sum_logits = logits.total();
+}
+
+// out[j] = (softmax_from(row[j]) - weight) * scale over a row; single-label forward (weight 0, scale 1) and
+// backward (the smoothing weight, the row's grad) share it.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+void softmax_row(const scalar_t* row, int64_t n, acc_t row_max, acc_t log_sum, acc_t weight, acc_t scale,
+                 scalar_t* out) {
+  constexpr int64_t lanes = Vec<acc_t>::size();
+  const Vec<acc_t> vmax(row_max), vlog_sum(log_sum), vweight(weight), vscale(scale);
+  int64_t j = 0;
+  for (; j + lanes <= n; j += lanes) {
+    // exp((x - row_max) - log_sum), as softmax_from: the subtraction order keeps a large row_max's digits.
+    const Vec<acc_t> p = ((load_acc<acc_t>(row + j) - vmax) - vlog_sum).exp();
+    store_as<acc_t>(out + j, (p - vweight) * vscale);
+  }
+  for (; j < n; ++j) {
+    out[j] = static_cast<scalar_t>((softmax_from(static_cast<acc_t>(row[j]), row_max, log_sum) - weight) * scale);
+  }
 }
 
 std::tuple<Tensor, Tensor> multi_label_forward_cpu(const Tensor& logits_in, const Tensor& targets_in,
@@ -110,24 +331,18 @@ Tensor multi_label_backward_cpu(const Tensor& grad_in, const Tensor& logits_in, 
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t n = logits.size(1), numel = logits.numel();
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
-    const acc_t* y = targets.const_data_ptr<acc_t>();
-    const acc_t* p = pos_weight ? pos_weight->const_data_ptr<acc_t>() : nullptr;
-    const bool* mask = label_mask ? label_mask->const_data_ptr<bool>() : nullptr;
-    const bool mask_per_label = label_mask && label_mask->dim() == 1;
+    const MultiLabelInputs<acc_t> in{targets.const_data_ptr<acc_t>(),
+                                     pos_weight ? pos_weight->const_data_ptr<acc_t>() : nullptr,
+                                     label_mask ? label_mask->const_data_ptr<bool>() : nullptr,
+                                     label_mask && label_mask->dim() == 1};
     const acc_t* g = grad.const_data_ptr<acc_t>();
     const int64_t g_stride = grad.dim() == 0 ? 0 : 1;  // a reduced loss sends one number to every element
     scalar_t* out = dlogits.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, numel, kChunk, [&](int64_t begin, int64_t end) {
-      int64_t col = begin % n;
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t xi = static_cast<acc_t>(x[i]);
-        const bool keep = mask == nullptr || mask[mask_per_label ? col : i];
-        const acc_t d = keep ? bce_grad(sigmoid_from(xi, exp_(-std::abs(xi))), y[i], p ? p[col] : acc_t(1)) *
-                                   g[i * g_stride]
-                             : acc_t(0);
-        out[i] = static_cast<scalar_t>(d);
-        if (++col == n) col = 0;
-      }
+      for_each_row_span(begin, end, n, [&](int64_t i, int64_t col, int64_t len) {
+        multi_label_backward_span(x + i, in.y + i, in.pos_weight_at(col), in.mask_at(i, col), g + i * g_stride,
+                                  g_stride, len, out + i);
+      });
     });
   });
   return dlogits;
@@ -163,21 +378,13 @@ std::tuple<Tensor, Tensor, Tensor> single_label_forward_cpu(const Tensor& logits
     at::parallel_for(0, b, std::max<int64_t>(1, kChunk / std::max<int64_t>(n, 1)), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* row = x + r * n;
-        acc_t row_max = -std::numeric_limits<acc_t>::infinity();
-        for (int64_t j = 0; j < n; ++j) row_max = std::max(row_max, static_cast<acc_t>(row[j]));
-        double sum_exp = 0.0, sum_logits = 0.0;  // double: rows reach 10^5 elements
-        for (int64_t j = 0; j < n; ++j) {
-          const acc_t xj = static_cast<acc_t>(row[j]);
-          sum_exp += exp_(xj - row_max);
-          sum_logits += xj;
-        }
+        const acc_t row_max = row_max_of(row, n);
+        double sum_exp = 0.0, sum_logits = 0.0;
+        row_sums_of(row, n, row_max, sum_exp, sum_logits);
         const acc_t log_sum = static_cast<acc_t>(std::log(sum_exp));
         out_stats[2 * r] = row_max;
         out_stats[2 * r + 1] = log_sum;
-        scalar_t* row_probas = out_probas + r * n;
-        for (int64_t j = 0; j < n; ++j) {
-          row_probas[j] = static_cast<scalar_t>(softmax_from(static_cast<acc_t>(row[j]), row_max, log_sum));
-        }
+        softmax_row(row, n, row_max, log_sum, acc_t(0), acc_t(1), out_probas + r * n);
         out_loss[r] = t[r] == ignore_index ? acc_t(0)
                                            : smoothed_ce(row_max, log_sum, static_cast<acc_t>(row[t[r]]),
                                                          static_cast<acc_t>(sum_logits / n), eps);
@@ -217,11 +424,11 @@ Tensor single_label_backward_cpu(const Tensor& grad_in, const Tensor& logits_in,
         }
         const scalar_t* row = x + r * n;
         const acc_t gr = g[r * g_stride], row_max = row_stats[2 * r], log_sum = row_stats[2 * r + 1];
-        for (int64_t j = 0; j < n; ++j) {
-          const acc_t target_weight = (j == t[r] ? acc_t(1) - eps : acc_t(0)) + smooth;
-          const acc_t p = softmax_from(static_cast<acc_t>(row[j]), row_max, log_sum);
-          out_row[j] = static_cast<scalar_t>((p - target_weight) * gr);
-        }
+        // Every class gets (p - eps / N) * grad; the target's weight has 1 - eps more, so it is redone alone.
+        softmax_row(row, n, row_max, log_sum, smooth, gr, out_row);
+        const acc_t target_weight = (acc_t(1) - eps) + smooth;
+        out_row[t[r]] = static_cast<scalar_t>(
+            (softmax_from(static_cast<acc_t>(row[t[r]]), row_max, log_sum) - target_weight) * gr);
       }
     });
   });
