@@ -139,6 +139,25 @@ def test_multi_label_options_match_torch(backend, dtype, mask_kind, reduction):
         assert (ours[2][~label_mask.bool().expand(shape)] == 0).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mask_kind", ["per_label", "per_element"])
+def test_multi_label_options_across_row_and_chunk_boundaries(backend, dtype, mask_kind):
+    # The CPU kernel works on vectors within a row and splits the flat elements into chunks of 16,384: at
+    # [3, 6007] (not a multiple of any vector width) a chunk ends mid-row, where pos_weight and a per-label
+    # mask must restart at label 0.
+    shape = (3, 6007)
+    logits, targets = random_multi_label(shape, dtype)
+    pos_weight = torch.rand(shape[1], dtype=torch.float64) * 3 + 0.1
+    label_mask = torch.rand(shape[1] if mask_kind == "per_label" else shape) < 0.6
+    ours = run_with_grads(lambda x: label_loss_and_probas(x, targets.to(dtype), True, backend=backend,
+                                                          pos_weight=pos_weight.to(dtype), label_mask=label_mask,
+                                                          reduction="sum"), logits)
+    check_against_oracle(ours, lambda x: multi_label_oracle(x, targets, pos_weight, label_mask, "sum"), logits,
+                         torch.sigmoid)
+    assert (ours[2][~label_mask.expand(shape)] == 0).all()
+
+
 # ---------------------------------------------------------------------------------------- single-label
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
