@@ -268,8 +268,16 @@ def _fake_single_label_backward(grad, logits, targets, softmax_stats, ignore_ind
     return logits.new_empty(logits.shape)
 
 
+def _no_zero_filled_grads(ctx) -> None:
+    """Hand backward None, not a zero-filled [B, N] tensor, for an output nothing differentiated (the probas,
+    almost always): autograd's default would allocate those zeros and push them through the probas' branch,
+    costing more than the kernel itself on large inputs."""
+    ctx.set_materialize_grads(False)
+
+
 def _multi_label_setup_context(ctx, inputs, output):
     logits, targets, pos_weight, label_mask, _ = inputs
+    _no_zero_filled_grads(ctx)
     ctx.save_for_backward(logits, targets, pos_weight, label_mask, output[1])
 
 
@@ -287,6 +295,7 @@ def _multi_label_backward(ctx, grad_loss, grad_probas):
 
 def _single_label_setup_context(ctx, inputs, output):
     logits, targets, ignore_index, label_smoothing, _ = inputs
+    _no_zero_filled_grads(ctx)
     ctx.ignore_index, ctx.label_smoothing = ignore_index, label_smoothing
     ctx.save_for_backward(logits, targets, output[2], output[1])
     ctx.mark_non_differentiable(output[2])
