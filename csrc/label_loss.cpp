@@ -240,44 +240,75 @@ void multi_label_backward_span(const scalar_t* x, const acc_t* y, const acc_t* p
   }
 }
 
-// Row maximum, vector lanes then the tail; max is exact, so the order does not matter.
+// Row maximum and sum of the logits (for label smoothing), vector lanes then the tail; max is exact, and the
+// sum goes to double lanes (rows reach 10^5 elements).
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-acc_t row_max_of(const scalar_t* row, int64_t n) {
+void row_max_and_sum(const scalar_t* row, int64_t n, acc_t& row_max, double& sum_logits) {
   constexpr int64_t lanes = Vec<acc_t>::size();
   Vec<acc_t> vmax(-std::numeric_limits<acc_t>::infinity());
-  int64_t j = 0;
-  for (; j + lanes <= n; j += lanes) vmax = at::vec::maximum(vmax, load_acc<acc_t>(row + j));
-  acc_t lane_max[lanes];
-  vmax.store(lane_max);
-  acc_t row_max = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t k = 0; k < lanes; ++k) row_max = std::max(row_max, lane_max[k]);
-  for (; j < n; ++j) row_max = std::max(row_max, static_cast<acc_t>(row[j]));
-  return row_max;
-}
-
-// sum exp(x - row_max) and sum x over a row, in double lanes (rows reach 10^5 elements).
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-void row_sums_of(const scalar_t* row, int64_t n, acc_t row_max, double& sum_exp, double& sum_logits) {
-  constexpr int64_t lanes = Vec<acc_t>::size();
-  const Vec<acc_t> vmax(row_max);
-  LaneSums<acc_t> exps, logits;
+  LaneSums<acc_t> sums;
   int64_t j = 0;
   for (; j + lanes <= n; j += lanes) {
     const Vec<acc_t> xv = load_acc<acc_t>(row + j);
-    exps.add((xv - vmax).exp());
-    logits.add(xv);
+    vmax = at::vec::maximum(vmax, xv);
+    sums.add(xv);
   }
+  acc_t lane_max[lanes];
+  vmax.store(lane_max);
+  row_max = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t k = 0; k < lanes; ++k) row_max = std::max(row_max, lane_max[k]);
   for (; j < n; ++j) {
     const acc_t xj = static_cast<acc_t>(row[j]);
-    exps.tail += exp_(xj - row_max);
-    logits.tail += xj;
+    row_max = std::max(row_max, xj);
+    sums.tail += xj;
   }
-  sum_exp = exps.total();
-  sum_logits = logits.total();
+  sum_logits = sums.total();
 }
 
-// out[j] = (softmax_from(row[j]) - weight) * scale over a row; single-label forward (weight 0, scale 1) and
-// backward (the smoothing weight, the row's grad) share it.
+// exps[j] = exp(row[j] - row_max) (each in (0, 1], no overflow); returns their sum, in double lanes.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+double shifted_exps(const scalar_t* row, int64_t n, acc_t row_max, acc_t* exps) {
+  constexpr int64_t lanes = Vec<acc_t>::size();
+  const Vec<acc_t> vmax(row_max);
+  LaneSums<acc_t> sums;
+  int64_t j = 0;
+  for (; j + lanes <= n; j += lanes) {
+    const Vec<acc_t> e = (load_acc<acc_t>(row + j) - vmax).exp();
+    e.store(exps + j);
+    sums.add(e);
+  }
+  for (; j < n; ++j) {
+    exps[j] = exp_(static_cast<acc_t>(row[j]) - row_max);
+    sums.tail += exps[j];
+  }
+  return sums.total();
+}
+
+// Where a row's shifted exps go: straight into its probas when those hold acc_t, else into a float buffer
+// (half / bfloat16 would round them before the division).
+template <typename scalar_t, typename acc_t>
+acc_t* exps_destination(scalar_t* row_probas, std::vector<acc_t>& buffer, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return row_probas;
+  } else {
+    buffer.resize(n);
+    return buffer.data();
+  }
+}
+
+// out[j] = exps[j] * inv_sum: the softmax from the shifted exps, one multiply instead of a second exp. `out`
+// may be `exps` itself (float / double logits).
+template <typename scalar_t, typename acc_t>
+void scale_row(const acc_t* exps, int64_t n, acc_t inv_sum, scalar_t* out) {
+  constexpr int64_t lanes = Vec<acc_t>::size();
+  const Vec<acc_t> vinv(inv_sum);
+  int64_t j = 0;
+  for (; j + lanes <= n; j += lanes) store_as<acc_t>(out + j, Vec<acc_t>::loadu(exps + j) * vinv);
+  for (; j < n; ++j) out[j] = static_cast<scalar_t>(exps[j] * inv_sum);
+}
+
+// out[j] = (softmax_from(row[j]) - weight) * scale over a row: the single-label backward, with the smoothing
+// weight and the row's grad.
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 void softmax_row(const scalar_t* row, int64_t n, acc_t row_max, acc_t log_sum, acc_t weight, acc_t scale,
                  scalar_t* out) {
@@ -376,15 +407,19 @@ std::tuple<Tensor, Tensor, Tensor> single_label_forward_cpu(const Tensor& logits
     acc_t* out_loss = row_loss.mutable_data_ptr<acc_t>();
     const acc_t eps = static_cast<acc_t>(label_smoothing);
     at::parallel_for(0, b, std::max<int64_t>(1, kChunk / std::max<int64_t>(n, 1)), [&](int64_t r0, int64_t r1) {
+      std::vector<acc_t> exps_buffer;  // per task: half / bfloat16 rows only
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* row = x + r * n;
-        const acc_t row_max = row_max_of(row, n);
-        double sum_exp = 0.0, sum_logits = 0.0;
-        row_sums_of(row, n, row_max, sum_exp, sum_logits);
+        acc_t row_max;
+        double sum_logits;
+        row_max_and_sum(row, n, row_max, sum_logits);
+        scalar_t* row_probas = out_probas + r * n;
+        acc_t* exps = exps_destination(row_probas, exps_buffer, n);
+        const double sum_exp = shifted_exps(row, n, row_max, exps);
+        scale_row(exps, n, static_cast<acc_t>(1.0 / sum_exp), row_probas);
         const acc_t log_sum = static_cast<acc_t>(std::log(sum_exp));
         out_stats[2 * r] = row_max;
         out_stats[2 * r + 1] = log_sum;
-        softmax_row(row, n, row_max, log_sum, acc_t(0), acc_t(1), out_probas + r * n);
         out_loss[r] = t[r] == ignore_index ? acc_t(0)
                                            : smoothed_ce(row_max, log_sum, static_cast<acc_t>(row[t[r]]),
                                                          static_cast<acc_t>(sum_logits / n), eps);
