@@ -113,7 +113,8 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def _op_summary(terminalreporter, records) -> None:
     """Op benches: Triton kernel against its torch twin, and the kernel's share of the copy bandwidth."""
-    ops = {(r["op"], r["workload"], r["mode"], r["contender"]): r for r in records if "op" in r}
+    # Loss-op records (bench/test_op_loss.py) have a shape, not a workload, and no Triton contender.
+    ops = {(r["op"], r["workload"], r["mode"], r["contender"]): r for r in records if "op" in r and "workload" in r}
     lines = []
     for (op, workload, mode, contender), record in sorted(ops.items()):
         twin = ops.get((op, workload, mode, "torch"))
