@@ -13,8 +13,8 @@
 // ATen's Vectorized<T> picks its instruction set from CPU_CAPABILITY_* macros that torch's own build sets per
 // kernel file. The build adds -mavx2 -mfma -mf16c where the building CPU has them
 // (ltc_fast.ops.loss_extension.vector_isa_flags); declare the matching capability before any ATen header so
-// Vectorized<float> is 8 AVX2 lanes calling torch's SLEEF exp/log1p. Elsewhere it is ATen's portable
-// fallback: the same results, slower.
+// Vectorized<float> is 8 AVX2 lanes calling torch's SLEEF exp/log1p (1 ulp). Elsewhere it is ATen's portable
+// fallback (libm per lane): the same contracts, slower.
 #if defined(__AVX2__) && defined(__FMA__) && !defined(CPU_CAPABILITY)
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
@@ -44,7 +44,8 @@ using at::Tensor;
 // ------------------------------------------------------------------------------------------ vector helpers
 // Each kernel runs its inner loop on whole vectors of the accumulation type (at::vec::Vectorized<acc_t>) and
 // finishes the last (size % lanes) elements with the scalar helpers of label_loss.h, which stay the reference
-// for the math: every vector helper below is the lane-wise twin of one of them.
+// for the per-element math (the CUDA kernels use them too): sigmoid_from_vec, bce_term_vec and bce_grad_vec
+// below are their lane-wise twins, with the ternaries as blendv / maximum.
 template <typename acc_t>
 using Vec = at::vec::Vectorized<acc_t>;
 
