@@ -33,9 +33,9 @@ class BuildPyWithSources(build_py):
                 shutil.copy2(source, target / source.name)
 
 
-def _vector_isa_flags():
-    """The CPU kernels' vector-instruction flags, from ltc_fast/ops/loss_extension.py (the JIT build uses the same
-    function). Loaded by path: importing the ltc_fast package here would pull in its runtime dependencies."""
+def _cpu_build_flags():
+    """(compile, link) flags of the C++ kernels (OpenMP, vector instructions), from ltc_fast/ops/loss_extension.py,
+    which the JIT build uses too. Loaded by path: importing the ltc_fast package would pull in its dependencies."""
     import importlib.util
     import sys
 
@@ -44,7 +44,7 @@ def _vector_isa_flags():
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module.vector_isa_flags()
+    return module.cpu_build_flags()
 
 
 def loss_extension():
@@ -68,13 +68,15 @@ def loss_extension():
                 warnings.warn(f"ltc_fast: not building the C++ loss extension ({type(error).__name__}: {error}); "
                               "ltc_fast will JIT-compile it on first use or use its PyTorch path")
 
-    cxx_flags = ["-O3", *_vector_isa_flags()]
+    cxx_flags, link_flags = _cpu_build_flags()
     sources = [f"{CSRC}/label_loss.cpp"]
     if torch.version.cuda is not None and CUDA_HOME is not None:
         extension = CUDAExtension(EXTENSION_NAME, sources + [f"{CSRC}/label_loss_cuda.cu"],
-                                  extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]})
+                                  extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+                                  extra_link_args=link_flags)
     else:
-        extension = CppExtension(EXTENSION_NAME, sources, extra_compile_args={"cxx": cxx_flags})
+        extension = CppExtension(EXTENSION_NAME, sources, extra_compile_args={"cxx": cxx_flags},
+                                 extra_link_args=link_flags)
     cmdclass["build_ext"] = OptionalBuildExtension
     return [extension], cmdclass
 

@@ -12,7 +12,7 @@
 
 // ATen's Vectorized<T> picks its instruction set from CPU_CAPABILITY_* macros that torch's own build sets per
 // kernel file. The build adds -mavx2 -mfma -mf16c where the building CPU has them
-// (ltc_fast.ops.loss_extension.vector_isa_flags); declare the matching capability before any ATen header so
+// (ltc_fast.ops.loss_extension.cpu_build_flags); declare the matching capability before any ATen header so
 // Vectorized<float> is 8 AVX2 lanes calling torch's SLEEF exp (1 ulp). Elsewhere it is ATen's portable
 // fallback (libm per lane): the same contracts, slower.
 #if defined(__AVX2__) && defined(__FMA__) && !defined(CPU_CAPABILITY)

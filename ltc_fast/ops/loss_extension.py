@@ -56,14 +56,25 @@ def source_dir() -> Path | None:
 
 def vector_isa_flags() -> list[str]:
     """Compiler flags for the CPU kernels' vector instructions: AVX2 + FMA (+ F16C for half conversions) on an
-    x86-64 CPU that torch itself runs with AVX2 or better, else none (ATen's portable vectors: same results,
+    x86-64 CPU that torch itself runs with AVX2 or better, else none (ATen's portable vectors: same contracts,
     slower). The module is built for the CPU that builds it, as `pip install --no-build-isolation` / the JIT
-    build do; setup.py uses this too."""
+    build do."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return []
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         return []
     return ["-mavx2", "-mfma", "-mf16c"]
+
+
+def openmp_flags() -> list[str]:
+    """-fopenmp where torch's own thread pool is OpenMP: without it at::parallel_for, an inline header, compiles
+    to a serial loop in the extension. The module then shares torch's libgomp (and torch.set_num_threads)."""
+    return ["-fopenmp"] if torch.backends.openmp.is_available() else []
+
+
+def cpu_build_flags() -> tuple[list[str], list[str]]:
+    """(compile, link) flags of the C++ kernels, for the JIT build here and for setup.py."""
+    return ["-O3", *openmp_flags(), *vector_isa_flags()], openmp_flags()
 
 
 def _has_cuda_kernels() -> bool:
@@ -84,7 +95,8 @@ def _jit_build() -> None:
                 "CPU+CUDA" if with_cuda else "CPU")
     # Compiled into torch's extension cache (TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions);
     # torch rebuilds it when the sources change.
-    cpp_extension.load(name=JIT_MODULE_NAME, sources=files, extra_cflags=["-O3", *vector_isa_flags()],
+    compile_flags, link_flags = cpu_build_flags()
+    cpp_extension.load(name=JIT_MODULE_NAME, sources=files, extra_cflags=compile_flags, extra_ldflags=link_flags,
                        extra_cuda_cflags=["-O3"] if with_cuda else None, verbose=False)
 
 
