@@ -11,7 +11,6 @@ import torch
 
 from .attention import flash_attn_varlen
 from .ops import dispatch, loss_extension, triton_support
-from .ops.label_loss import CPU_AUTO_MAX_ELEMENTS
 
 
 def backends(device: torch.device | str | None = None) -> dict[str, str]:
@@ -31,8 +30,6 @@ def backends(device: torch.device | str | None = None) -> dict[str, str]:
         status = loss_extension.extension_status()
         if loss_extension.runs_on(device):
             loss = f"extension ({status})"
-            if device.type == "cpu":
-                loss += f"; torch above {CPU_AUTO_MAX_ELEMENTS:,} logits"
         else:
             loss = f"torch (extension {status})"
     if device.type == "cuda":

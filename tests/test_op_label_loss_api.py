@@ -115,17 +115,6 @@ def test_auto_uses_the_extension_when_loaded(kernel_calls, multi_label):
     assert kernel_calls == ["_extension_multi_label" if multi_label else "_extension_single_label"]
 
 
-@needs_extension
-def test_auto_keeps_large_cpu_inputs_on_the_vectorised_torch_path(kernel_calls):
-    from ltc_fast.ops.label_loss import CPU_AUTO_MAX_ELEMENTS
-
-    logits = torch.randn(2, CPU_AUTO_MAX_ELEMENTS // 2 + 1)
-    targets = (torch.rand_like(logits) < 0.1).float()
-    label_loss_and_probas(logits, targets, True)
-    label_loss_and_probas(logits, targets, True, backend="extension")
-    assert kernel_calls == ["_torch_multi_label", "_extension_multi_label"]
-
-
 def test_environment_variable_forces_the_torch_path(monkeypatch, kernel_calls):
     monkeypatch.setenv(BACKEND_ENV_VAR, "torch")
     label_loss_and_probas(*MULTI)

@@ -193,17 +193,9 @@ def _unmasked_count(logits: torch.Tensor, label_mask: torch.Tensor | None):
 
 
 # ------------------------------------------------------------------------------------------------ dispatch
-# The CPU kernels compute exp/log1p one element at a time; torch's vectorised ops beat them on large inputs
-# (0.35x-0.44x at [256, 100000] in bench/results/cpu-amd-epyc-2-cores-2-torch-threads-2026-11-23-55c1d4c1.json),
-# so "auto" sends CPU inputs above this size to the twin. backend="extension" still forces the kernel.
-CPU_AUTO_MAX_ELEMENTS = 1 << 16
-
-
 def _choose_backend(backend, logits, targets, pos_weight) -> str:
     if resolve_backend(OP_NAME, backend, FAST, True) == TORCH:
         return TORCH  # forced: do not even load the extension
-    if backend in (None, "auto") and logits.device.type == "cpu" and logits.numel() > CPU_AUTO_MAX_ELEMENTS:
-        return TORCH
     why_not = ""
     if not loss_extension.runs_on(logits.device):
         why_not = f"the loss extension is {loss_extension.extension_status()} (for {logits.device.type} tensors)"
