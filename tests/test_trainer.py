@@ -91,7 +91,8 @@ def test_gradient_accumulation_equals_one_big_batch(problem_type, labels_as, tmp
     assert accumulated_loss == pytest.approx(big_loss, rel=1e-5)
     assert any(step.abs().max() > 0 for step in big_step.values())
     for name, step in big_step.items():
-        torch.testing.assert_close(accumulated_step[name], step, rtol=1e-4, atol=1e-7, msg=name)
+        # atol: float summation order differs between 2 + 1 and 3 rows; a wrong normalisation is off by ~30%.
+        torch.testing.assert_close(accumulated_step[name], step, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_evaluate_reports_loss_and_calls_compute_metrics(tmp_path, tiny_tokenizer):
