@@ -49,6 +49,18 @@ class BenchSession:
             self._copy_gbps = copy_bandwidth_gbps(self.device, 512 if self.real_sizes else 4)
         return self._copy_gbps
 
+    def record_op(self, benchmark, fields: dict, traffic_bytes: int, calls_per_round: int = 1) -> None:
+        """Append an op bench's record: its `fields` (with an "op" key), the median time of one call and the
+        achieved bandwidth of `traffic_bytes` (the op's minimum memory traffic), also as a share of copy's."""
+        stats = benchmark.stats.stats
+        median_s = stats.median / calls_per_round
+        gbps = traffic_bytes / median_s / 1e9
+        record = {**fields, "median_s": median_s, "iqr_s": stats.iqr / calls_per_round, "rounds": stats.rounds,
+                  "calls_per_round": calls_per_round, "bytes": traffic_bytes, "gbps": gbps,
+                  "copy_gbps": self.copy_gbps(), "fraction_of_copy": gbps / self.copy_gbps()}
+        benchmark.extra_info.update(record)
+        self.records.append(record)
+
     def workload(self, workload_id):
         return (WORKLOADS if self.real_sizes else TINY_WORKLOADS)[workload_id]
 

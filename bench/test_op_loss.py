@@ -54,14 +54,6 @@ def test_op_label_loss(benchmark, bench_session, shape_index, multi_label, conte
     # Minimum traffic of a forward and a backward pass that each touch the data once: forward reads logits and
     # targets and writes probas; backward reads logits and targets again and writes dlogits.
     traffic = bytes_of(logits, targets, probas) + bytes_of(logits, targets, logits.grad)
-    median = benchmark.stats.stats.median
-    copy_gbps = bench_session.copy_gbps()
-    record = {
-        "op": op, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "mode": "fwd+bwd",
-        "contender": contender, "median_s": median, "iqr_s": benchmark.stats.stats.iqr,
-        "rounds": benchmark.stats.stats.rounds, "bytes": traffic, "gbps": traffic / median / 1e9,
-        "copy_gbps": copy_gbps, "fraction_of_copy": traffic / median / 1e9 / copy_gbps,
-        "extension": loss_extension.extension_status(),
-    }
-    benchmark.extra_info.update(record)
-    bench_session.records.append(record)
+    fields = {"op": op, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "mode": "fwd+bwd",
+              "contender": contender, "extension": loss_extension.extension_status()}
+    bench_session.record_op(benchmark, fields, traffic)

@@ -128,15 +128,6 @@ def test_op(benchmark, bench_session, op, workload_id, contender, mode):
     benchmark.pedantic(step, rounds=bench_session.rounds, warmup_rounds=1, iterations=1)
     if benchmark.disabled:
         return
-    stats = benchmark.stats.stats
-    median_s = stats.median / CALLS_PER_ROUND
-    gbps = case.bytes[mode] / median_s / 1e9
-    record = {
-        "op": op, "workload": workload_id, "mode": mode, "contender": contender, **case.sizes,
-        "dtype": str(dtype).removeprefix("torch."), "median_s": median_s,
-        "iqr_s": stats.iqr / CALLS_PER_ROUND, "rounds": stats.rounds, "calls_per_round": CALLS_PER_ROUND,
-        "bytes": case.bytes[mode], "gbps": gbps, "copy_gbps": bench_session.copy_gbps(),
-        "fraction_of_copy": gbps / bench_session.copy_gbps(),
-    }
-    benchmark.extra_info.update(record)
-    bench_session.records.append(record)
+    fields = {"op": op, "workload": workload_id, "mode": mode, "contender": contender, **case.sizes,
+              "dtype": str(dtype).removeprefix("torch.")}
+    bench_session.record_op(benchmark, fields, case.bytes[mode], CALLS_PER_ROUND)

@@ -79,19 +79,20 @@ class Packing:
     rows: torch.Tensor  # [total]: flat index into [B * S] of each real token, in order
     cu_seqlens: torch.Tensor  # int32 [B + 1]: where each sequence starts in the packed row
     max_seqlen: int
+    text_cu_seqlens: torch.Tensor  # int64 [B + 1]: the same offsets without the label rows (packed text ids)
     label_rows: torch.Tensor  # [B, N]: packed row of label i of sequence b
 
 
 def pack(attention_mask: torch.Tensor, num_labels: int) -> Packing:
     """Packing of a `[B, S]` mask whose label slots sit at LABEL_START..LABEL_START + N - 1 (always real)."""
-    real = attention_mask.reshape(-1).bool()
-    rows = real.nonzero().squeeze(1)
-    lengths = attention_mask.bool().sum(dim=1)
+    real = attention_mask.bool()
+    lengths = real.sum(dim=1)
     cu_seqlens = torch.zeros(lengths.shape[0] + 1, dtype=torch.int32, device=attention_mask.device)
     cu_seqlens[1:] = torch.cumsum(lengths, 0)
-    packed_index = (torch.cumsum(real.long(), 0) - 1).view(attention_mask.shape)
-    label_rows = packed_index[:, LABEL_START:LABEL_START + num_labels]
-    return Packing(rows, cu_seqlens, int(lengths.max()) if lengths.numel() else 0, label_rows)
+    sequence_index = torch.arange(lengths.shape[0] + 1, device=attention_mask.device)
+    text_cu_seqlens = cu_seqlens.long() - sequence_index * num_labels
+    return Packing(real.reshape(-1).nonzero().squeeze(1), cu_seqlens, int(lengths.max()) if lengths.numel() else 0,
+                   text_cu_seqlens, packed_label_rows(text_cu_seqlens, num_labels))
 
 
 def unpack(packed: torch.Tensor, packing: Packing, batch: int, seq_len: int) -> torch.Tensor:

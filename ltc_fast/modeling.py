@@ -260,13 +260,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         decoupled = self.config.label_attention == "decoupled"
         label_ids = self._check_subset(subset, decoupled, text_ids.device)
         if decoupled and label_ids is None and self.training and targets is not None and self.config.sampled_negatives:
-            scores = None
-            if self.config.negative_sampling == "score":
-                if self.negative_sampling_scores is None:
-                    raise ValueError("negative_sampling='score' needs model.set_negative_sampling_scores(scores) first")
-                scores = self.negative_sampling_scores
             label_ids = sampling.sample_label_ids(targets.values, self.config.problem_type, self.num_labels,
-                                                  self.config.sampled_negatives, scores)
+                                                  self.config.sampled_negatives, self._negative_sampling_weights())
         if decoupled:
             self._check_attention_backend("label_attention='decoupled'", output_attentions)
             logits, encoded = self._decoupled_logits(text_ids, attention_mask, token_type_ids, label_ids,
@@ -299,13 +294,14 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             label_ids=label_ids,
         )
 
-    def _head(self, hidden_rows: torch.Tensor, label_rows: torch.Tensor) -> torch.Tensor:
-        """Logits `[B, n]` of the label states at `label_rows` (`[B, n]` rows of the `[rows, H]` states)."""
+    def _head(self, hidden_states: torch.Tensor, label_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits `[B, n]`: of the N label slots of padded `[B, S, H]` states, or of the states at `label_rows`
+        (`[B, n]` rows of flattened `[rows, H]` states)."""
         return ops.label_head_logits(
-            hidden_rows,
+            hidden_states,
             self.classifier.weight,
             self.classifier.bias,
-            label_rows.shape[1],
+            self.num_labels if label_rows is None else label_rows.shape[1],
             dropout_p=self.config.label_head_dropout,
             training=self.training,
             backend=self.config.ops_backend,
@@ -316,20 +312,16 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
     def _full_logits(self, text_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions):
         self._check_length(text_ids.shape[1])
         inputs = self._layout_inputs(text_ids, attention_mask, token_type_ids)
-        batch, seq_len = inputs["attention_mask"].shape
         if not self._packs(inputs["attention_mask"], output_hidden_states, output_attentions):
             encoded = self.transformer(**inputs, inputs_embeds=self._embed(text_ids), return_dict=True,
                                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-            rows = torch.arange(batch * seq_len, device=text_ids.device).view(batch, seq_len)
-            label_rows = rows[:, layout.LABEL_START:layout.LABEL_START + self.num_labels]
-            return self._head(encoded.last_hidden_state.reshape(batch * seq_len, -1), label_rows), encoded
+            return self._head(encoded.last_hidden_state), encoded
         # Packed: the real tokens of every sequence back to back in one row, offsets in cu_seqlens.
+        batch, seq_len = inputs["attention_mask"].shape
         packing = layout.pack(inputs.pop("attention_mask"), self.num_labels)
         packed = {name: value.reshape(-1)[packing.rows].unsqueeze(0) for name, value in inputs.items()}
-        text_real = attention_mask.bool()
-        text_offsets = torch.zeros(batch + 1, dtype=torch.int64, device=text_ids.device)
-        text_offsets[1:] = torch.cumsum(text_real.sum(dim=1), 0)
-        packed["inputs_embeds"] = self._embed(text_ids[text_real], cu_seqlens=text_offsets).unsqueeze(0)
+        packed["inputs_embeds"] = self._embed(text_ids[attention_mask.bool()],
+                                              cu_seqlens=packing.text_cu_seqlens).unsqueeze(0)
         encoded = self.transformer(
             **packed, output_hidden_states=output_hidden_states, return_dict=True,
             ltc_packed=attention.PackedSequences(packing.cu_seqlens, packing.max_seqlen),
@@ -374,7 +366,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         """Text pass (keys and values of every layer kept), then the labels in chunks attending them."""
         spec = encoders.encoder_spec(self.config.encoder)
         pad = self.config.encoder.pad_token_id
-        self._check_length(text_ids.shape[1], label_ids)
+        self._check_length(text_ids.shape[1])
         text = attention.DecoupledText(key_padding=attention_mask.bool())
         text_inputs = {"input_ids": text_ids, "attention_mask": attention_mask,
                        "position_ids": layout.text_position_ids(text_ids, spec.position_scheme, pad)}
@@ -416,6 +408,14 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             raise ValueError("subset must not repeat a label")
         return label_ids.long()
 
+    def _negative_sampling_weights(self) -> torch.Tensor | None:
+        """None for uniform negatives; the scores set by `set_negative_sampling_scores` for "score"."""
+        if self.config.negative_sampling != "score":
+            return None
+        if self.negative_sampling_scores is None:
+            raise ValueError("negative_sampling='score' needs model.set_negative_sampling_scores(scores) first")
+        return self.negative_sampling_scores
+
     @torch.no_grad()
     def set_negative_sampling_scores(self, scores: torch.Tensor | None) -> None:
         """Weights `[N]` (>= 0) for drawing negative labels when `negative_sampling="score"`, e.g. how often
@@ -449,7 +449,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         return input_ids, attention_mask, token_type_ids
 
 
-    def _check_length(self, text_len: int, label_ids=None) -> None:
+    def _check_length(self, text_len: int) -> None:
         """The positions this mode needs must exist in the encoder's position table."""
         limit = encoders.max_sequence_length(self.config.encoder)
         slots = layout.label_slots(self.num_labels, self.config.label_positions, self.config.label_attention)
