@@ -7,7 +7,6 @@
   ltc_fast JIT-compiles the shipped sources on first use, or falls back to its PyTorch loss path.
 """
 
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -16,8 +15,6 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 CSRC = "csrc"  # relative: setuptools wants source paths relative to this file
-EXTENSION_NAME = "ltc_fast._loss_ext"
-NO_BUILD_ENV_VAR = "LTC_FAST_NO_EXTENSION_BUILD"
 
 
 class BuildPyWithSources(build_py):
@@ -33,9 +30,10 @@ class BuildPyWithSources(build_py):
                 shutil.copy2(source, target / source.name)
 
 
-def _cpu_build_flags():
-    """(compile, link) flags of the C++ kernels (OpenMP, vector instructions), from ltc_fast/ops/loss_extension.py,
-    which the JIT build uses too. Loaded by path: importing the ltc_fast package would pull in its dependencies."""
+def _build_settings():
+    """ltc_fast/ops/loss_extension.py, which holds the build settings the JIT build uses too (module name,
+    sources, flags, the opt-out variable). Loaded by path: importing the ltc_fast package would pull in its
+    dependencies. It imports torch, so call it only once torch is known to be importable."""
     import importlib.util
     import sys
 
@@ -44,18 +42,18 @@ def _cpu_build_flags():
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module.cpu_build_flags()
+    return module
 
 
 def loss_extension():
     """([Extension], cmdclass) for the loss extension, or ([], cmdclass) when it cannot be built here."""
     cmdclass = {"build_py": BuildPyWithSources}
-    if os.environ.get(NO_BUILD_ENV_VAR, "").strip() not in ("", "0"):
-        return [], cmdclass
     try:
-        import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError:
+        return [], cmdclass
+    settings = _build_settings()
+    if settings.build_skipped():
         return [], cmdclass
 
     class OptionalBuildExtension(BuildExtension):
@@ -68,14 +66,14 @@ def loss_extension():
                 warnings.warn(f"ltc_fast: not building the C++ loss extension ({type(error).__name__}: {error}); "
                               "ltc_fast will JIT-compile it on first use or use its PyTorch path")
 
-    cxx_flags, link_flags = _cpu_build_flags()
-    sources = [f"{CSRC}/label_loss.cpp"]
-    if torch.version.cuda is not None and CUDA_HOME is not None:
-        extension = CUDAExtension(EXTENSION_NAME, sources + [f"{CSRC}/label_loss_cuda.cu"],
-                                  extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
+    cxx_flags, link_flags = settings.cpu_build_flags()
+    sources = [f"{CSRC}/{settings.CPU_SOURCE}"]
+    if settings.builds_cuda(CUDA_HOME):
+        extension = CUDAExtension(settings.PREBUILT_MODULE, sources + [f"{CSRC}/{settings.CUDA_SOURCE}"],
+                                  extra_compile_args={"cxx": cxx_flags, "nvcc": settings.CUDA_FLAGS},
                                   extra_link_args=link_flags)
     else:
-        extension = CppExtension(EXTENSION_NAME, sources, extra_compile_args={"cxx": cxx_flags},
+        extension = CppExtension(settings.PREBUILT_MODULE, sources, extra_compile_args={"cxx": cxx_flags},
                                  extra_link_args=link_flags)
     cmdclass["build_ext"] = OptionalBuildExtension
     return [extension], cmdclass

@@ -67,24 +67,29 @@ def label_loss_and_probas(
         else:
             _check_single_label(logits, targets, pos_weight, label_mask, ignore_index, label_smoothing)
         _check_reduction(reduction, num_items_in_batch)
-    chosen = _choose_backend(backend, logits, targets, pos_weight)
     if targets is None:
-        # Probabilities alone are one torch kernel already; nothing to fuse.
+        # Probabilities alone are one torch kernel already; nothing to fuse, so the extension is not even
+        # loaded (a first load may JIT-compile it) unless the caller forces it.
+        if backend == FAST:
+            _choose_backend(backend, logits, targets, pos_weight)
+        else:
+            resolve_backend(OP_NAME, backend, FAST, True)  # still rejects a bad backend name / variable
         return None, (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1))
+    chosen = _choose_backend(backend, logits, targets, pos_weight)
     elementwise = reduction == "none"
     if multi_label:
         forward = _extension_multi_label if chosen == FAST else _torch_multi_label
         loss, probas = forward(logits, targets, pos_weight, label_mask, elementwise)
-        count = _unmasked_count(logits, label_mask)
     else:
         forward = _extension_single_label if chosen == FAST else _torch_single_label
         loss, probas = forward(logits, targets, ignore_index, float(label_smoothing), elementwise)
-        count = (targets != ignore_index).sum()
     if reduction == "mean":
-        # clamp: with nothing counted the sum is 0, so the mean is 0 (see the docstring), not 0/0.
         if num_items_in_batch is not None:
             divisor = num_items_in_batch
         else:
+            count = (_unmasked_count(logits, label_mask) if multi_label
+                     else (targets != ignore_index).sum())
+            # clamp: with nothing counted the sum is 0, so the mean is 0 (see the docstring), not 0/0.
             divisor = count.clamp(min=1) if isinstance(count, torch.Tensor) else max(count, 1)
         loss = loss / divisor
     return loss, probas

@@ -25,6 +25,17 @@ PREBUILT_MODULE = "ltc_fast._loss_ext"
 JIT_MODULE_NAME = "ltc_fast_loss_ext"
 OPS_NAMESPACE = "ltc_fast_ext"
 CPU_SOURCE, CUDA_SOURCE = "label_loss.cpp", "label_loss_cuda.cu"
+CUDA_FLAGS = ["-O3"]
+
+
+def build_skipped() -> bool:
+    """`LTC_FAST_NO_EXTENSION_BUILD=1`: neither setup.py nor the JIT build compiles the extension."""
+    return os.environ.get(NO_BUILD_ENV_VAR, "").strip() not in ("", "0")
+
+
+def builds_cuda(cuda_home) -> bool:
+    """The CUDA kernels are compiled when torch has CUDA and nvcc is found (`cuda_home`)."""
+    return torch.version.cuda is not None and cuda_home is not None
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,7 @@ def _jit_build() -> None:
     if sources is None:
         raise RuntimeError("the csrc/ sources are not installed with this copy of ltc_fast")
     files = [str(sources / CPU_SOURCE)]
-    with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    with_cuda = builds_cuda(cpp_extension.CUDA_HOME)
     if with_cuda:
         files.append(str(sources / CUDA_SOURCE))
     logger.info("ltc_fast: JIT-compiling the C++ loss extension (%s; once, then cached)",
@@ -97,7 +108,7 @@ def _jit_build() -> None:
     # torch rebuilds it when the sources change.
     compile_flags, link_flags = cpu_build_flags()
     cpp_extension.load(name=JIT_MODULE_NAME, sources=files, extra_cflags=compile_flags, extra_ldflags=link_flags,
-                       extra_cuda_cflags=["-O3"] if with_cuda else None, verbose=False)
+                       extra_cuda_cflags=CUDA_FLAGS if with_cuda else None, verbose=False)
 
 
 def _load() -> ExtensionState:
@@ -106,7 +117,7 @@ def _load() -> ExtensionState:
         return ExtensionState(True, "prebuilt", _has_cuda_kernels())
     except ImportError as prebuilt_error:
         missing = f"no prebuilt {PREBUILT_MODULE} ({prebuilt_error})"
-    if os.environ.get(NO_BUILD_ENV_VAR, "").strip() not in ("", "0"):
+    if build_skipped():
         return ExtensionState(False, f"{missing}, and {NO_BUILD_ENV_VAR} is set")
     try:
         _jit_build()
