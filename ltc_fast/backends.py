@@ -5,8 +5,6 @@ A model run in "auto" takes the fast path wherever it applies; this says, for th
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .attention import flash_attn_varlen
@@ -16,7 +14,7 @@ from .ops import dispatch, loss_extension, triton_support
 def backends(device: torch.device | str | None = None) -> dict[str, str]:
     """Per part, the path "auto" takes for tensors on `device` (default: CUDA when present, else the CPU)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    forced = os.environ.get(dispatch.ENV_VAR, dispatch.AUTO).strip().lower() == dispatch.TORCH
+    forced = dispatch.environment_backend() == dispatch.TORCH
     if forced:
         kernels = loss = f"torch ({dispatch.ENV_VAR}=torch)"
     else:

@@ -49,18 +49,17 @@ def bundled_encoder() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- parser
-def _add_format_options(parser: argparse.ArgumentParser, labels: bool = True) -> None:
+def _add_format_options(parser: argparse.ArgumentParser) -> None:
     from .datafiles import FORMATS
 
     parser.add_argument("--format", default="auto", choices=FORMATS,
                         help="data file format; auto: by the file name (.jsonl, .csv, .tsv, optionally .gz), a "
                              "TSV without a header row is read as GoEmotions")
     parser.add_argument("--text-column", default="text", metavar="NAME", help="the text field (JSONL) or column (CSV/TSV)")
-    if labels:
-        parser.add_argument("--labels-column", default="labels", metavar="NAME", help="the labels field (JSONL) or column (CSV/TSV)")
-        parser.add_argument("--label-separator", default=",", metavar="SEP",
-                            help="separator of several labels in one CSV/TSV cell, e.g. 'joy,love' or with '|' "
-                                 "'joy|love'")
+    parser.add_argument("--labels-column", default="labels", metavar="NAME", help="the labels field (JSONL) or column (CSV/TSV)")
+    parser.add_argument("--label-separator", default=",", metavar="SEP",
+                        help="separator of several labels in one CSV/TSV cell, e.g. 'joy,love' or with '|' "
+                             "'joy|love'")
 
 
 def _add_run_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
@@ -362,14 +361,13 @@ def _predict(args) -> int:
 
 
 def _write_predictions(out, model, tokenizer, texts, args) -> None:
-    from .prediction import decision_rule, iter_probas, select_labels
+    from .prediction import iter_predictions
 
-    top_k, thresholds = decision_rule(model.config, args.top_k, args.threshold)
-    names = model.config.label_names
+    batches = iter_predictions(model, tokenizer, texts, args.top_k, args.threshold, args.batch_size,
+                               args.max_length, progress=args.input != "-")
     done = 0
-    for probas in iter_probas(model, tokenizer, texts, args.batch_size, args.max_length, progress=args.input != "-"):
-        for row in probas:  # written batch by batch, so a long run shows its results as it goes
-            labels = select_labels(row, names, top_k, thresholds)
+    for batch in batches:  # written batch by batch, so a long run shows its results as it goes
+        for labels in batch:
             out.write(json.dumps({"text": texts[done], "labels": labels}, ensure_ascii=False) + "\n")
             done += 1
         out.flush()
@@ -451,12 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
-    except ValueError as error:  # bad input: data files, options, checkpoints (DataFileError included)
+    except (ValueError, OSError) as error:
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # unreadable / unwritable files, a missing model
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
-        return 1
+        # ValueError: bad input (data files, options, checkpoints; DataFileError included) -> 2, the usage
+        # convention; OSError: unreadable / unwritable files, a missing model -> 1.
+        return 2 if isinstance(error, ValueError) else 1
     finally:
         if on_term is not None:
             signal.signal(signal.SIGTERM, on_term)

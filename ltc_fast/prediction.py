@@ -127,6 +127,15 @@ def resolve_tokenizer(model, tokenizer=None):
     return model._ltc_tokenizer
 
 
+def iter_predictions(model, tokenizer, texts, top_k: int | None = None, threshold: float | None = None,
+                     batch_size: int = 32, max_length: int | None = None, progress: bool = False):
+    """`predict`, one batch at a time: yields each batch's list of label lists as soon as it is computed."""
+    top_k, thresholds = decision_rule(model.config, top_k, threshold)
+    names = model.config.label_names
+    for probas in iter_probas(model, tokenizer, texts, batch_size, max_length, progress):
+        yield [select_labels(row, names, top_k, thresholds) for row in probas]
+
+
 def predict(model, texts, tokenizer=None, top_k: int | None = None, threshold: float | None = None,
             batch_size: int = 32, max_length: int | None = None, progress: bool = False) -> list[list[dict]]:
     """For each text, its labels as `[{"label": name, "score": probability}, ...]`, best first.
@@ -134,9 +143,5 @@ def predict(model, texts, tokenizer=None, top_k: int | None = None, threshold: f
     if isinstance(texts, str):
         texts = [texts]
     tokenizer = resolve_tokenizer(model, tokenizer)
-    top_k, thresholds = decision_rule(model.config, top_k, threshold)
-    names = model.config.label_names
-    results = []
-    for probas in iter_probas(model, tokenizer, texts, batch_size, max_length, progress):
-        results.extend(select_labels(row, names, top_k, thresholds) for row in probas)
-    return results
+    batches = iter_predictions(model, tokenizer, texts, top_k, threshold, batch_size, max_length, progress)
+    return [labels for batch in batches for labels in batch]

@@ -16,6 +16,14 @@ AUTO = "auto"
 TORCH = "torch"
 
 
+def environment_backend() -> str:
+    """What `LTC_FAST_BACKEND` makes of "auto": "auto" (unset or empty) or "torch"."""
+    forced = os.environ.get(ENV_VAR, AUTO).strip().lower() or AUTO
+    if forced not in (AUTO, TORCH):
+        raise ValueError(f"environment variable {ENV_VAR} must be {AUTO!r} or {TORCH!r}, got {forced!r}")
+    return forced
+
+
 def resolve_backend(op: str, requested: str | None, fast: str, fast_applies: bool, why_not: str = "") -> str:
     """Return `fast` or `"torch"` for one call of `op`.
 
@@ -26,10 +34,7 @@ def resolve_backend(op: str, requested: str | None, fast: str, fast_applies: boo
     if requested not in (AUTO, TORCH, fast):
         raise ValueError(f"{op}: backend must be one of {AUTO!r}, {TORCH!r}, {fast!r}; got {requested!r}")
     if requested == AUTO:
-        forced = os.environ.get(ENV_VAR, AUTO).strip().lower() or AUTO
-        if forced not in (AUTO, TORCH):
-            raise ValueError(f"environment variable {ENV_VAR} must be {AUTO!r} or {TORCH!r}, got {forced!r}")
-        requested = forced
+        requested = environment_backend()
     if requested == TORCH:
         return TORCH
     if requested == fast and not fast_applies:
