@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import gzip
 from dataclasses import dataclass
 from importlib import resources
 
 import torch
 
 from .config import MULTI_LABEL, normalize_problem_type
+from .datafiles import read_labeled
 from .layout import label_slots
 
 
@@ -85,15 +84,11 @@ def goemotions_label_names() -> list[str]:
 
 
 def load_goemotions(split: str, limit: int | None = None) -> tuple[list[str], list[list[int]]]:
-    """Texts and label-index lists of a GoEmotions split (bundled, Apache-2.0; see its README)."""
+    """Texts and label-index lists of a GoEmotions split (bundled, Apache-2.0; see its README), read by the
+    same GoEmotions-format reader as `ltc-fast train --train FILE`."""
     if split not in GOEMOTIONS_SPLITS:
         raise ValueError(f"split must be one of {GOEMOTIONS_SPLITS}, got {split!r}")
-    path = resources.files("ltc_fast").joinpath(f"datasets/goemotions/{split}.tsv.gz")
-    texts, labels = [], []
-    with path.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8", newline="") as f:
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            texts.append(row[0])
-            labels.append([int(x) for x in row[1].split(",")])
-            if limit is not None and len(texts) >= limit:
-                break
-    return texts, labels
+    bundled = resources.files("ltc_fast").joinpath(f"datasets/goemotions/{split}.tsv.gz")
+    with resources.as_file(bundled) as path:
+        data = read_labeled(str(path), goemotions_label_names(), fmt="goemotions")
+    return data.texts[:limit], data.labels[:limit]
