@@ -332,15 +332,15 @@ def _eval(args) -> int:
 
 def _save_config(config, directory: str) -> None:
     """Rewrite config.json in one step (a reader never sees half a file)."""
-    import tempfile
+    from .output import replacing
 
-    with tempfile.TemporaryDirectory(dir=directory) as staging:
-        config.save_pretrained(staging)
-        os.replace(os.path.join(staging, "config.json"), os.path.join(directory, "config.json"))
+    with replacing(os.path.join(directory, "config.json")) as partial:
+        config.to_json_file(partial, use_diff=True)  # what save_pretrained writes
 
 
 def _predict(args) -> int:
     from .datafiles import read_texts
+    from .output import replacing
 
     _check_positive(args, "batch_size", "top_k")
     _check_probability("threshold", args.threshold)
@@ -349,14 +349,8 @@ def _predict(args) -> int:
     if args.output == "-":
         _write_predictions(sys.stdout, model, tokenizer, texts, args)
         return 0
-    partial = args.output + ".partial"  # the output file appears only when complete
-    try:
-        with open(partial, "w", encoding="utf-8") as out:
-            _write_predictions(out, model, tokenizer, texts, args)
-        os.replace(partial, args.output)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+    with replacing(args.output) as partial, open(partial, "w", encoding="utf-8") as out:
+        _write_predictions(out, model, tokenizer, texts, args)  # the output file appears only when complete
     return 0
 
 

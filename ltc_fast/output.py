@@ -1,4 +1,5 @@
-"""Writing results: a command's output directory appears whole or not at all, and JSON never holds NaN."""
+"""Writing results: a command's output file or directory appears whole or not at all, and JSON never holds
+NaN."""
 
 from __future__ import annotations
 
@@ -33,9 +34,7 @@ def staged_output_dir(out: str, overwrite: bool = False):
             yield staging
         return
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.partial-")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's private mode would otherwise stick to `out`
+    _give_default_mode(staging, 0o777)
     try:
         yield staging
         if os.path.isdir(out):
@@ -44,6 +43,14 @@ def staged_output_dir(out: str, overwrite: bool = False):
     finally:
         if os.path.isdir(staging):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _give_default_mode(path: str, mode: int) -> None:
+    """The mode a plain open()/mkdir() would give (mode less the umask): mkstemp's and mkdtemp's private
+    mode would otherwise stick to the published file or directory."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 @contextlib.contextmanager
@@ -65,6 +72,22 @@ def _shared_staging(out: str, parent: str):
             shutil.rmtree(staging, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def replacing(path: str):
+    """Yield a sibling temporary path to write `path`'s new content to; on success it replaces `path` in
+    one step (a reader sees the old file or the new one, never half of one), on any error it is removed."""
+    directory, name = os.path.split(os.path.abspath(path))
+    handle, partial = tempfile.mkstemp(dir=directory, prefix=f".{name}.partial-")
+    os.close(handle)
+    _give_default_mode(partial, 0o666)
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
 def json_safe(value):
     """NaN and infinities (e.g. ROC-AUC without a positive example) become null: valid JSON."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -77,6 +100,6 @@ def json_safe(value):
 
 
 def write_json(path: str, value) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with replacing(path) as partial, open(partial, "w", encoding="utf-8") as f:
         json.dump(json_safe(value), f, indent=2, allow_nan=False)
         f.write("\n")
