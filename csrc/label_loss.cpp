@@ -178,6 +178,14 @@ struct MultiLabelInputs {
   const bool* mask_at(int64_t i, int64_t col) const { return mask ? mask + (mask_per_label ? col : i) : nullptr; }
 };
 
+// The pointers of contiguous multi-label inputs (see check_multi_label).
+template <typename acc_t>
+MultiLabelInputs<acc_t> multi_label_inputs(const Tensor& targets, const c10::optional<Tensor>& pos_weight,
+                                           const c10::optional<Tensor>& label_mask) {
+  return {targets.const_data_ptr<acc_t>(), pos_weight ? pos_weight->const_data_ptr<acc_t>() : nullptr,
+          label_mask ? label_mask->const_data_ptr<bool>() : nullptr, label_mask && label_mask->dim() == 1};
+}
+
 // Multi-label work is split into fixed chunks of elements (not rows, so B = 1 with a large N still runs in
 // parallel); each chunk's partial sum lands in its own slot and the slots are added in order, so the loss
 // does not depend on the number of threads.
@@ -216,15 +224,13 @@ void multi_label_forward_span(const scalar_t* x, const acc_t* y, const acc_t* p,
 }
 
 template <typename scalar_t>
-void multi_label_forward_kernel(const Tensor& logits, const Tensor& targets, const Tensor* pos_weight,
-                                const Tensor* label_mask, Tensor* elementwise_loss, Tensor& probas, double& total) {
+void multi_label_forward_kernel(const Tensor& logits, const Tensor& targets, const c10::optional<Tensor>& pos_weight,
+                                const c10::optional<Tensor>& label_mask, Tensor* elementwise_loss, Tensor& probas,
+                                double& total) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = logits.size(1), numel = logits.numel();
   const scalar_t* x = logits.const_data_ptr<scalar_t>();
-  const MultiLabelInputs<acc_t> in{targets.const_data_ptr<acc_t>(),
-                                   pos_weight ? pos_weight->const_data_ptr<acc_t>() : nullptr,
-                                   label_mask ? label_mask->const_data_ptr<bool>() : nullptr,
-                                   label_mask && label_mask->dim() == 1};
+  const auto in = multi_label_inputs<acc_t>(targets, pos_weight, label_mask);
   scalar_t* out_probas = probas.mutable_data_ptr<scalar_t>();
   acc_t* out_loss = elementwise_loss ? elementwise_loss->mutable_data_ptr<acc_t>() : nullptr;
   const int64_t chunks = (numel + kChunk - 1) / kChunk;
@@ -359,17 +365,13 @@ std::tuple<Tensor, Tensor> multi_label_forward_cpu(const Tensor& logits_in, cons
                                                    const c10::optional<Tensor>& label_mask_in, bool elementwise) {
   check_multi_label(logits_in, targets_in, pos_weight_in, label_mask_in);
   const Tensor logits = logits_in.contiguous(), targets = targets_in.contiguous();
-  const c10::optional<Tensor> pos_weight =
-      pos_weight_in.has_value() ? c10::optional<Tensor>(pos_weight_in->contiguous()) : c10::nullopt;
-  const c10::optional<Tensor> label_mask =
-      label_mask_in.has_value() ? c10::optional<Tensor>(label_mask_in->contiguous()) : c10::nullopt;
+  const auto pos_weight = contiguous_or_none(pos_weight_in), label_mask = contiguous_or_none(label_mask_in);
   const auto acc_options = logits.options().dtype(acc_dtype(logits));
   Tensor probas = at::empty(logits.sizes(), logits.options());
   Tensor loss = elementwise ? at::empty(logits.sizes(), acc_options) : at::empty({}, acc_options);
   double total = 0.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "multi_label_forward", [&] {
-    multi_label_forward_kernel<scalar_t>(logits, targets, pos_weight ? &*pos_weight : nullptr,
-                                         label_mask ? &*label_mask : nullptr, elementwise ? &loss : nullptr,
+    multi_label_forward_kernel<scalar_t>(logits, targets, pos_weight, label_mask, elementwise ? &loss : nullptr,
                                          probas, total);
   });
   if (!elementwise) loss.fill_(total);
@@ -382,19 +384,13 @@ Tensor multi_label_backward_cpu(const Tensor& grad_in, const Tensor& logits_in, 
   check_multi_label(logits_in, targets_in, pos_weight_in, label_mask_in);
   check_grad(grad_in, logits_in.sizes(), acc_dtype(logits_in));
   const Tensor logits = logits_in.contiguous(), targets = targets_in.contiguous(), grad = grad_in.contiguous();
-  const c10::optional<Tensor> pos_weight =
-      pos_weight_in.has_value() ? c10::optional<Tensor>(pos_weight_in->contiguous()) : c10::nullopt;
-  const c10::optional<Tensor> label_mask =
-      label_mask_in.has_value() ? c10::optional<Tensor>(label_mask_in->contiguous()) : c10::nullopt;
+  const auto pos_weight = contiguous_or_none(pos_weight_in), label_mask = contiguous_or_none(label_mask_in);
   Tensor dlogits = at::empty(logits.sizes(), logits.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "multi_label_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t n = logits.size(1), numel = logits.numel();
     const scalar_t* x = logits.const_data_ptr<scalar_t>();
-    const MultiLabelInputs<acc_t> in{targets.const_data_ptr<acc_t>(),
-                                     pos_weight ? pos_weight->const_data_ptr<acc_t>() : nullptr,
-                                     label_mask ? label_mask->const_data_ptr<bool>() : nullptr,
-                                     label_mask && label_mask->dim() == 1};
+    const auto in = multi_label_inputs<acc_t>(targets, pos_weight, label_mask);
     const acc_t* g = grad.const_data_ptr<acc_t>();
     const int64_t g_stride = grad.dim() == 0 ? 0 : 1;  // a reduced loss sends one number to every element
     scalar_t* out = dlogits.mutable_data_ptr<scalar_t>();

@@ -61,6 +61,11 @@ inline at::ScalarType acc_dtype(const at::Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// An optional input made contiguous, for the kernels' raw pointers.
+inline c10::optional<at::Tensor> contiguous_or_none(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
+}
+
 inline void check_logits(const at::Tensor& logits) {
   TORCH_CHECK(logits.dim() == 2, "ltc_fast_ext: logits must be [B, N], got ", logits.sizes());
   TORCH_CHECK(at::isFloatingType(logits.scalar_type()), "ltc_fast_ext: logits must be floating point, got ",

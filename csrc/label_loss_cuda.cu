@@ -173,10 +173,6 @@ __global__ void single_label_backward_kernel(const acc_t* __restrict__ grad, int
   }
 }
 
-c10::optional<Tensor> contiguous_or_none(const c10::optional<Tensor>& t) {
-  return t.has_value() ? c10::optional<Tensor>(t->contiguous()) : c10::nullopt;
-}
-
 std::tuple<Tensor, Tensor> multi_label_forward_cuda(const Tensor& logits_in, const Tensor& targets_in,
                                                     const c10::optional<Tensor>& pos_weight_in,
                                                     const c10::optional<Tensor>& label_mask_in, bool elementwise) {
