@@ -169,13 +169,10 @@ def test_bad_input_is_reported_before_any_kernel(backend, change, message):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_kernel_error_is_at_most_twice_torchs_own(dtype):
     words, labels = _tables(28, 768)
-    ids, cu_seqlens = _text(5, packed=False)
-    low = [t.detach().to(dtype).requires_grad_() for t in (words, labels)]
+    ids, _ = _text(5, packed=False)
     grad = torch.randn(5, 6 + 28, 768, device="cuda")
-    exact = emb.inject_label_embeddings_torch(ids, words, labels, PAD)
-    exact_grads = torch.autograd.grad(exact, (words, labels), grad)
-    assert_error_at_most_twice_torchs(lambda w, l, backend: emb.inject_label_embeddings(ids, w, l, PAD, backend=backend),
-                                      low, grad, (exact, *exact_grads))
+    inject = lambda w, l, backend: emb.inject_label_embeddings(ids, w, l, PAD, backend=backend)  # noqa: E731
+    assert_error_at_most_twice_torchs(inject, (words, labels), grad, dtype)
 
 
 @pytest.mark.gpu

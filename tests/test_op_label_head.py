@@ -202,12 +202,9 @@ def test_bad_input_is_reported_before_any_kernel(backend, change, message):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_kernel_error_is_at_most_twice_torchs_own(dtype):
     (states, weight, bias), _ = _inputs(5, 28, 768, packed=False)
-    low = [t.detach().to(dtype).requires_grad_() for t in (states, weight, bias)]
     grad = torch.randn(5, 28, device="cuda")
-    exact = head.label_head_logits_torch(states, weight, bias, 28)
-    exact_grads = torch.autograd.grad(exact, (states, weight, bias), grad)
     assert_error_at_most_twice_torchs(lambda h, w, b, backend: head.label_head_logits(h, w, b, 28, backend=backend),
-                                      low, grad, (exact, *exact_grads))
+                                      (states, weight, bias), grad, dtype)
 
 
 @pytest.mark.gpu
