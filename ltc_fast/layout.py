@@ -150,8 +150,3 @@ def packed_text_rows(cu_seqlens: torch.Tensor, num_labels: int, total_text: int)
     seq = torch.searchsorted(cu_seqlens[1:].long(), token, right=True)
     after_labels = (token - cu_seqlens.long()[seq]) >= LABEL_START
     return token + seq * num_labels + after_labels * num_labels
-
-
-def uniform_cu_seqlens(batch_size: int, text_len: int, device) -> torch.Tensor:
-    """The offsets of a padded `[B, T]` batch read as packed texts of length T each."""
-    return torch.arange(batch_size + 1, device=device, dtype=torch.int64) * text_len

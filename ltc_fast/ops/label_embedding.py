@@ -187,10 +187,12 @@ def label_grad_triton(grad_out, cu_seqlens, num_labels, out=None) -> torch.Tenso
 def _word_grad(grad_out, text_ids, cu_seqlens, num_words, num_labels, padding_idx) -> torch.Tensor:
     """The word table's gradient: the text rows of the output's gradient through PyTorch's embedding
     backward (rows summed per id, none for `padding_idx`)."""
-    if cu_seqlens is None:
-        cu_seqlens = layout.uniform_cu_seqlens(text_ids.shape[0], text_ids.shape[1], text_ids.device)
-    rows = layout.packed_text_rows(cu_seqlens, num_labels, text_ids.numel())
-    text_grad = grad_out.reshape(-1, grad_out.shape[-1]).index_select(0, rows)
+    if cu_seqlens is None:  # padded: every row's label block is the same columns
+        text_grad = torch.cat([grad_out[:, :LABEL_START], grad_out[:, LABEL_START + num_labels:]], dim=1)
+        text_grad = text_grad.reshape(-1, grad_out.shape[-1])
+    else:
+        rows = layout.packed_text_rows(cu_seqlens, num_labels, text_ids.numel())
+        text_grad = grad_out.index_select(0, rows)
     return torch.ops.aten.embedding_dense_backward(text_grad, text_ids.reshape(-1), num_words, padding_idx, False)
 
 

@@ -155,7 +155,7 @@ def _dropout_args(dropout_p: float, seed: torch.Tensor | None) -> tuple[bool, in
     return True, int(seed), float(dropout_p), (1.0 / (1.0 - dropout_p) if dropout_p < 1 else 0.0)
 
 
-def _geometry(hidden_states, label_rows, num_labels) -> tuple[int, int]:
+def _geometry(hidden_states, label_rows) -> tuple[int, int]:
     """(B, S): S is the padded sequence length (0 when `label_rows` give the rows)."""
     if label_rows is None:
         return hidden_states.shape[0], hidden_states.shape[1]
@@ -176,7 +176,7 @@ def dropout_keep_mask(seed: torch.Tensor | int, batch_size: int, num_labels: int
 def head_forward_triton(hidden_states, weight, bias, label_rows, num_labels, dropout_p, seed, out=None):
     """Launch the forward kernel, writing into `out` (`[B, N]`) when given (tests pass a NaN-filled buffer)."""
     hidden_states = hidden_states.contiguous()
-    batch, seq_len = _geometry(hidden_states, label_rows, num_labels)
+    batch, seq_len = _geometry(hidden_states, label_rows)
     hidden = hidden_states.shape[-1]
     if out is None:
         out = hidden_states.new_empty(batch, num_labels)
@@ -199,7 +199,7 @@ def head_backward_triton(grad_logits, hidden_states, weight, bias, label_rows, n
     buffer with NaN at the label rows and zeros elsewhere)."""
     hidden_states = hidden_states.contiguous()
     grad_logits = grad_logits.contiguous()
-    batch, seq_len = _geometry(hidden_states, label_rows, num_labels)
+    batch, seq_len = _geometry(hidden_states, label_rows)
     hidden = hidden_states.shape[-1]
     if grad_hidden is None:
         grad_hidden = torch.zeros_like(hidden_states)
