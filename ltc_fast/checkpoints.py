@@ -87,6 +87,12 @@ def load_state_dict(directory: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def reference_label_names(encoder_config) -> list[str]:
+    """A reference checkpoint's label names: its config's id2label, in id order."""
+    id2label = encoder_config.id2label or {}
+    return [id2label[i] for i in range(len(id2label))]
+
+
 def is_reference_checkpoint(directory: str) -> bool:
     """A saved reference model: `transformer.*` encoder weights and the shared `classifier` head, but no
     `label_embeddings` (its label rows live in the word embeddings)."""

@@ -14,7 +14,7 @@ import torch
 from scipy.special import expit, softmax
 from transformers import AutoConfig, AutoTokenizer, EvalPrediction, Trainer, TrainingArguments, set_seed
 
-from . import distributed
+from . import checkpoints, distributed
 from .config import MULTI_LABEL, LtcConfig, normalize_problem_type
 from .data import LabelTokenCollator, load_goemotions, tokenize_texts
 from .datafiles import LabeledData
@@ -156,13 +156,17 @@ def evaluation_history(trainer: Trainer) -> list[dict]:
 
 
 def pretrained_label_names(model_source: str) -> list[str] | None:
-    """The label names saved with an ltc_fast checkpoint; None for an encoder (or an unreadable source,
-    which loading reports properly)."""
+    """The label names saved with an ltc_fast or a reference checkpoint (in their order: the label rows
+    follow it); None for an encoder (or an unreadable source, which loading reports properly)."""
     try:
         config = AutoConfig.from_pretrained(model_source)
     except (OSError, ValueError):
         return None
-    return config.label_names if isinstance(config, LtcConfig) else None
+    if isinstance(config, LtcConfig):
+        return config.label_names
+    if checkpoints.is_reference_checkpoint(model_source):
+        return checkpoints.reference_label_names(config) or None
+    return None
 
 
 def train_classifier(model_source: str, train: LabeledData, dev: LabeledData, out_dir: str, options: TrainOptions,

@@ -156,7 +156,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
 
     @classmethod
     def _from_reference_checkpoint(cls, path, encoder_config, num_labels, label_names, options):
-        saved_names = [encoder_config.id2label[i] for i in range(len(encoder_config.id2label or {}))]
+        saved_names = checkpoints.reference_label_names(encoder_config)
         if label_names is None and num_labels in (None, len(saved_names)) and saved_names:
             label_names = saved_names
         names = resolve_label_names(num_labels, label_names)

@@ -315,3 +315,19 @@ def test_bench_runs_pytest_on_the_bench_folder(tmp_path, capsys):
     (bench / "test_fake.py").write_text("def test_ok():\n    pass\n\ndef test_bad():\n    assert False\n")
     assert run("bench", "--bench-dir", bench, "--smoke", "-q", "-p", "no:cacheprovider", "-k", "ok") == 0
     assert run("bench", "--bench-dir", bench, "--smoke", "--", "-q", "-p", "no:cacheprovider") == 1, "pytest's exit code"
+
+
+@pytest.mark.parametrize("kind", ["ltc_fast", "reference"])
+def test_training_on_from_a_checkpoint_keeps_its_labels(work, tmp_path, kind):
+    """Without --labels, a checkpoint's own labels (in their order) are the label set, even when the data
+    names only some of them."""
+    source = work["model"]
+    if kind == "reference":
+        source = tmp_path / "reference"
+        assert run("convert", "--to-reference", work["model"], "--out", source) == 0
+    rows = [{"text": "happy day", "labels": ["joy"]}, {"text": "sad food", "labels": ["fear"]}]
+    data = _write_jsonl(tmp_path / "subset.jsonl", rows)
+    out = tmp_path / "continued"
+    assert run("train", "--model", source, "--train", data, "--dev", data, "--max-steps", 1, "--batch-size", 2,
+               "--out", out) == 0
+    assert Model.from_pretrained(out).config.label_names == LABELS
