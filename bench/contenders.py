@@ -38,11 +38,8 @@ def build_model(contender: str, encoder_config, num_labels: int, ltc_options: di
     if contender == "cls-head":
         config.num_labels, config.problem_type = num_labels, "multi_label_classification"
         return AutoModelForSequenceClassification.from_config(config)
-    if contender == "ltc_fast":
-        return AutoModelForTokenSequenceClassification(LtcConfig(encoder=config, label_names=names,
-                                                                 **(ltc_options or {})))
-    if contender == "ltc_fast-decoupled":
-        options = {**(ltc_options or {}), **DECOUPLED}
+    if contender in ("ltc_fast", "ltc_fast-decoupled"):
+        options = {**(ltc_options or {}), **(DECOUPLED if contender == "ltc_fast-decoupled" else {})}
         return AutoModelForTokenSequenceClassification(LtcConfig(encoder=config, label_names=names, **options))
     raise ValueError(f"unknown contender {contender!r}; expected one of {CONTENDERS}")
 
