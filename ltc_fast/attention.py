@@ -18,6 +18,7 @@ kernel is ours, selected per call by what the model passes through the encoder's
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -50,8 +51,10 @@ class DecoupledText:
         self.values: dict = {}
 
 
+@functools.cache
 def flash_attn_varlen():
-    """`flash_attn.flash_attn_varlen_func` when the `flash-attn` package is installed (the `flash` extra)."""
+    """`flash_attn.flash_attn_varlen_func` when the `flash-attn` package is installed (the `flash` extra);
+    looked up once (a failed import is not cached by Python, and this is asked in every layer)."""
     try:
         from flash_attn import flash_attn_varlen_func
     except ImportError:
@@ -78,18 +81,24 @@ def ltc_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     return output, None
 
 
+def fused_varlen_runs(device: torch.device, dtype: torch.dtype, dropout: float) -> bool:
+    """Whether packed attention gets a fused varlen kernel here: CUDA and fp16/bf16, and flash-attn
+    installed or no attention dropout (torch's varlen_attn has none). Elsewhere packed batches take an exact
+    per-sequence loop, slower than padded SDPA, so `sequence_packing="auto"` packs only where this holds."""
+    return (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+            and (flash_attn_varlen() is not None or dropout == 0.0))
+
+
 def _varlen_attention(query, key, value, packed: PackedSequences, dropout, scaling):
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [total, heads, head_dim]
     cu, max_len = packed.cu_seqlens, packed.max_seqlen
-    half = q.dtype in (torch.float16, torch.bfloat16)
-    if q.is_cuda and half:
+    if fused_varlen_runs(q.device, q.dtype, dropout):
         flash = flash_attn_varlen()
         if flash is not None:
             return flash(q, k, v, cu, cu, max_len, max_len, dropout_p=dropout, softmax_scale=scaling).unsqueeze(0)
-        if dropout == 0.0:
-            from torch.nn.attention.varlen import varlen_attn
+        from torch.nn.attention.varlen import varlen_attn
 
-            return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling).unsqueeze(0)
+        return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling).unsqueeze(0)
     # Per-sequence loop: exact on every device and dtype, still free of padding.
     bounds = cu.tolist()
     pieces = [

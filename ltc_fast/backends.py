@@ -31,7 +31,9 @@ def backends(device: torch.device | str | None = None) -> dict[str, str]:
         else:
             loss = f"torch (extension {status})"
     if device.type == "cuda":
-        packed = "flash_attn_varlen_func" if flash_attn_varlen() is not None else "torch varlen_attn (bf16/fp16)"
+        packed = ("flash_attn_varlen_func (fp16/bf16)" if flash_attn_varlen() is not None else
+                  "torch varlen_attn (fp16/bf16 without attention dropout)")
+        packed += "; auto packing only there, padded SDPA elsewhere"
     else:
         packed = "per-sequence SDPA (auto packing is off on the CPU)"
     return {

@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sampled-negatives", type=int, default=None, metavar="K",
                        help="decoupled attention: train each batch on its positive labels plus K sampled negatives")
     train.add_argument("--sequence-packing", default=None, choices=SEQUENCE_PACKING,
-                       help="run batches unpadded (packed), padded, or auto (packed on CUDA when padded)")
+                       help="run batches unpadded (packed), padded, or auto (packed where a fused varlen kernel runs: "
+                            "CUDA, fp16/bf16)")
     train.add_argument("--hidden-layer", type=int, default=-1, metavar="K",
                        help="encoder layer the head reads (-1: the last); layers above it are dropped")
     train.add_argument("--eval-steps", type=int, default=None, metavar="N",

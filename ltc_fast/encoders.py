@@ -73,6 +73,11 @@ def set_num_layers(config: PretrainedConfig, value: int) -> None:
     setattr(config, encoder_spec(config).num_layers_attr, value)
 
 
+def attention_dropout(config: PretrainedConfig) -> float:
+    """The dropout probability on the attention weights (DistilBERT names it differently)."""
+    return float(getattr(config, "attention_probs_dropout_prob", getattr(config, "attention_dropout", 0.0)))
+
+
 def max_sequence_length(config: PretrainedConfig) -> int:
     """How many tokens (labels and specials included) one sequence may hold under the default positions."""
     if encoder_spec(config).position_scheme == "after_padding_idx":

@@ -339,8 +339,13 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         if mode == "packed":
             self._check_attention_backend("sequence_packing='packed'", output_attentions)
             return True
-        return (self._runs_ltc_attention() and attention_mask.is_cuda and not output_attentions
-                and not output_hidden_states and not bool(attention_mask.all()))
+        # auto: where a fused varlen kernel runs (the attention's compute dtype is autocast's when it is on),
+        # and the batch has padding to drop
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else self.dtype
+        dropout = encoders.attention_dropout(self.config.encoder) if self.training else 0.0
+        return (self._runs_ltc_attention() and not output_attentions and not output_hidden_states
+                and attention.fused_varlen_runs(attention_mask.device, dtype, dropout)
+                and not bool(attention_mask.all()))
 
     def _runs_ltc_attention(self) -> bool:
         return self.transformer.config._attn_implementation == attention.NAME

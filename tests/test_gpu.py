@@ -68,16 +68,20 @@ def test_cuda_packed_varlen_matches_padded(arch):
     assert ours <= 2 * theirs + 1e-6, (ours, theirs)
 
 
-def test_cuda_auto_packs_padded_batches(monkeypatch):
+def test_cuda_auto_packs_padded_batches_where_a_fused_kernel_runs(monkeypatch):
     from ltc_fast import attention
 
     _, model = reference_and_ltc("bert", 4)
-    model.cuda()
+    model.cuda().eval()
     calls = []
     real = attention._varlen_attention
     monkeypatch.setattr(attention, "_varlen_attention", lambda *a: calls.append(1) or real(*a))
     text_ids, mask, _, _ = _inputs(model, 4)
-    model(text_ids, mask)
+    with torch.no_grad():
+        model(text_ids, mask)  # fp32: the per-sequence fallback would be slower than padded SDPA
+        assert not calls
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model(text_ids, mask)
     assert calls
 
 

@@ -98,6 +98,32 @@ def test_auto_packs_only_where_it_pays(monkeypatch):
     assert model.config.sequence_packing == "auto"
 
 
+@pytest.mark.parametrize("device,dtype,dropout,flash,expected", [
+    ("cuda", torch.bfloat16, 0.0, False, True),  # torch's varlen_attn
+    ("cuda", torch.float16, 0.1, True, True),  # flash-attn has dropout
+    ("cuda", torch.bfloat16, 0.1, False, False),  # varlen_attn has none: the per-sequence loop
+    ("cuda", torch.float32, 0.0, True, False),  # fused kernels are half precision only
+    ("cpu", torch.bfloat16, 0.0, True, False),
+])
+def test_a_fused_varlen_kernel_runs_only_on_cuda_in_half_precision(monkeypatch, device, dtype, dropout, flash,
+                                                                     expected):
+    monkeypatch.setattr(attention, "flash_attn_varlen", lambda: object() if flash else None)
+    assert attention.fused_varlen_runs(torch.device(device), dtype, dropout) is expected
+
+
+def test_auto_asks_about_the_attention_dtype_and_dropout_of_this_call(monkeypatch):
+    """`auto` packs where the fused kernel runs for what attention will compute: the model's dtype (autocast's
+    when on), and the encoder's attention dropout in training only."""
+    model = Model(ltc_fast.LtcConfig(encoder=encoder_config("bert", attention_probs_dropout_prob=0.25),
+                                     num_labels=2))
+    asked = []
+    monkeypatch.setattr(attention, "fused_varlen_runs", lambda *args: asked.append(args) or False)
+    ids, mask = text_batch(3, 8, 0)
+    model.train()(ids, mask)
+    model.eval()(ids, mask)
+    assert asked == [(torch.device("cpu"), torch.float32, 0.25), (torch.device("cpu"), torch.float32, 0.0)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_varlen_attention_equals_masked_sdpa(dtype):
     """The packed kernel path against SDPA over the padded batch with a key-padding mask."""
