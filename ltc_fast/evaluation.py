@@ -8,13 +8,13 @@ import numpy as np
 from .config import MULTI_LABEL, validate_label_thresholds
 from .datafiles import LabeledData
 from .metrics import multilabel_report, single_label_report, tune_label_thresholds
-from .prediction import DEFAULT_THRESHOLD, predict_probas
+from .prediction import predict_probas, saved_thresholds
 
 
 def target_array(data: LabeledData, problem_type: str) -> np.ndarray:
     """Multi-hot `[examples, labels]` (multi-label) or class ids `[examples]` (single-label)."""
     if problem_type != MULTI_LABEL:
-        return np.asarray([labels[0] for labels in data.labels], dtype=np.int64)
+        return np.asarray(data.targets(problem_type), dtype=np.int64)
     targets = np.zeros((len(data), len(data.label_names)), dtype=np.int64)
     for row, labels in enumerate(data.labels):
         targets[row, labels] = 1
@@ -31,7 +31,7 @@ def report_from_probas(config, probas: np.ndarray, data: LabeledData, threshold=
         report = single_label_report(probas, targets, config.label_names)
     else:
         if threshold is None:
-            threshold = config.label_thresholds or DEFAULT_THRESHOLD
+            threshold = saved_thresholds(config)
         report = multilabel_report(probas, targets, config.label_names, threshold)
     return {"data": data.path, "examples": len(data), "problem_type": config.problem_type, **report}
 

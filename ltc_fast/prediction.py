@@ -97,7 +97,12 @@ def decision_rule(config, top_k: int | None = None, threshold: float | None = No
         return top_k, None
     if config.problem_type != MULTI_LABEL:
         return 1, None
-    return None, (list(config.label_thresholds) if config.label_thresholds else DEFAULT_THRESHOLD)
+    return None, saved_thresholds(config)
+
+
+def saved_thresholds(config):
+    """A multi-label model's decision thresholds: its saved per-label ones, else 0.5 for every label."""
+    return list(config.label_thresholds) if config.label_thresholds else DEFAULT_THRESHOLD
 
 
 def select_labels(probas: np.ndarray, label_names: list[str], top_k: int | None = None,
