@@ -24,42 +24,21 @@ def check_output_dir(out: str, overwrite: bool) -> None:
 @contextlib.contextmanager
 def staged_output_dir(out: str, overwrite: bool = False):
     """Yield a fresh sibling directory of `out` to write into; on success it replaces `out`, on any error
-    it is removed, so `out` never holds a half-written result."""
+    it is removed, so `out` never holds a half-written result.
+
+    Under torchrun every rank must see the same directory (the Trainer's checkpoints live there): its name
+    comes from the launch, every rank creates it, and rank 0 alone moves it into place once all ranks are
+    done with it."""
     check_output_dir(out, overwrite)
     out = os.path.abspath(out)
-    parent = os.path.dirname(out)
+    parent, name = os.path.split(out)
     os.makedirs(parent, exist_ok=True)
     if distributed.world_size() > 1:
-        with _shared_staging(out, parent) as staging:
-            yield staging
-        return
-    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.partial-")
-    _give_default_mode(staging, 0o777)
-    try:
-        yield staging
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if os.path.isdir(staging):
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _give_default_mode(path: str, mode: int) -> None:
-    """The mode a plain open()/mkdir() would give (mode less the umask): mkstemp's and mkdtemp's private
-    mode would otherwise stick to the published file or directory."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, mode & ~umask)
-
-
-@contextlib.contextmanager
-def _shared_staging(out: str, parent: str):
-    """Under torchrun every rank must see the same directory (the Trainer's checkpoints live there): its
-    name comes from the launch, every rank creates it, and rank 0 alone moves it into place once all ranks
-    are done with it."""
-    staging = os.path.join(parent, f".{os.path.basename(out)}.partial-dist-{os.environ.get('MASTER_PORT', '0')}")
-    os.makedirs(staging, exist_ok=True)
+        staging = os.path.join(parent, f".{name}.partial-dist-{os.environ.get('MASTER_PORT', '0')}")
+        os.makedirs(staging, exist_ok=True)
+    else:
+        staging = tempfile.mkdtemp(dir=parent, prefix=f".{name}.partial-")
+        _give_default_mode(staging, 0o777)
     try:
         yield staging
         distributed.barrier()
@@ -70,6 +49,14 @@ def _shared_staging(out: str, parent: str):
     finally:
         if distributed.is_main_process() and os.path.isdir(staging):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _give_default_mode(path: str, mode: int) -> None:
+    """The mode a plain open()/mkdir() would give (mode less the umask): mkstemp's and mkdtemp's private
+    mode would otherwise stick to the published file or directory."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
 
 
 @contextlib.contextmanager
