@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime
 import json
 import re
@@ -25,11 +24,10 @@ from pathlib import Path
 import torch
 from transformers import BertConfig
 
-from ltc_fast import AutoModelForTokenSequenceClassification, LtcConfig
+from ltc_fast.encoders import max_sequence_length
 from ltc_fast.provenance import provenance
-from ltc_fast.reference import ReferenceLabelTokenModel
 
-from .contenders import make_batch
+from .contenders import BASELINE, DECOUPLED, build_model, make_batch
 from .measure import PeakMemory, synchronize
 from .report import RESULTS_DIR, replace_readme_section
 from .workloads import roberta_base_config, tiny_roberta_config
@@ -37,7 +35,7 @@ from .workloads import roberta_base_config, tiny_roberta_config
 MODES = {
     "reference": None,
     "ltc_fast shared": {"label_positions": "shared"},
-    "ltc_fast decoupled": {"label_positions": "shared", "label_attention": "decoupled"},
+    "ltc_fast decoupled": DECOUPLED,
 }
 
 
@@ -51,20 +49,18 @@ ENCODERS = {"minilm": minilm_config, "roberta-base": roberta_base_config, "tiny"
 
 
 def build(mode: str, encoder_config, num_labels: int, chunk: int, sampled: int):
-    encoder_config = copy.deepcopy(encoder_config)  # the reference grows the vocabulary of its config
-    names = [f"label{i}" for i in range(num_labels)]
     if mode == "reference":
-        return ReferenceLabelTokenModel.from_config(encoder_config, names)
+        return build_model(BASELINE, encoder_config, num_labels)
     options = dict(MODES[mode])
     if options.get("label_attention") == "decoupled":
         options.update(label_chunk_size=chunk, sampled_negatives=sampled)
-    return AutoModelForTokenSequenceClassification(LtcConfig(encoder=encoder_config, label_names=names, **options))
+    return build_model("ltc_fast", encoder_config, num_labels, options)
 
 
 def measure(mode, encoder_config, num_labels, args, device, train: bool) -> dict:
     generator = torch.Generator().manual_seed(num_labels)
     lengths = [args.text_tokens] * args.batch_size
-    contender = "reference-sdpa" if mode == "reference" else "ltc_fast"
+    contender = BASELINE if mode == "reference" else "ltc_fast"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
     with PeakMemory(device) as memory:
         model = build(mode, encoder_config, num_labels, args.chunk, args.sampled).to(device)
@@ -99,8 +95,7 @@ def measure(mode, encoder_config, num_labels, args, device, train: bool) -> dict
 def run(args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder_config = ENCODERS[args.encoder]()
-    positions = encoder_config.max_position_embeddings - (
-        encoder_config.pad_token_id + 1 if encoder_config.model_type == "roberta" else 0)
+    positions = max_sequence_length(encoder_config)
     records = []
     for num_labels in args.labels:
         for mode in MODES:

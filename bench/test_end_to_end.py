@@ -8,6 +8,8 @@ import contextlib
 import pytest
 import torch
 
+from ltc_fast.encoders import max_sequence_length
+
 from .contenders import CONTENDERS, build_model, make_batch
 from .measure import PeakMemory, count_flops, synchronize
 from .workloads import WORKLOADS
@@ -49,9 +51,10 @@ def test_end_to_end(benchmark, bench_session, workload_id, contender, mode):
     lengths = workload.text_lengths(generator)
     if contender == "ltc_fast-decoupled" and workload.ltc_options.get("label_attention") == "decoupled":
         pytest.skip(f"{workload_id}: the ltc_fast contender runs decoupled already (the same model)")
-    if contender.startswith("reference-") and not workload.reference_fits(lengths, config.max_position_embeddings - 2):
+    positions = max_sequence_length(config)
+    if contender.startswith("reference-") and not workload.reference_fits(lengths, positions):
         pytest.skip(f"{workload_id}: the reference cannot hold {workload.num_labels} label tokens + {max(lengths)} "
-                    f"text tokens in {config.max_position_embeddings - 2} positions")
+                    f"text tokens in {positions} positions")
     device = bench_session.device
     with PeakMemory(device) as memory:
         model = build_model(contender, config, workload.num_labels, workload.ltc_options).to(device)
