@@ -42,10 +42,11 @@ def test_same_logits_loss_and_gradients(arch, batch_size, num_labels, problem_ty
     ours = _gradients(model)
     model_scale = max(g.abs().max() for g in ref_grads.values())
 
-    def check(actual, expected, name):
+    def check(actual, expected, name, terms=0.0):
         # Per tensor, relative to its own size, unless it is noise around an exact zero or a sum that cancels
-        # (single-label: the label logits' gradients sum to 0, so what reaches the text is a small remainder).
-        scale = torch.maximum(expected.abs().max(), model_scale * 1e-2)
+        # (single-label: the label logits' gradients sum to 0, so what reaches the text is a small remainder),
+        # or relative to the size of the terms summed into it when those are known.
+        scale = max(expected.abs().max(), model_scale * 1e-2, terms)
         assert_relative_close(actual, expected, 1e-5, name, scale=scale)
 
     word_key = next(k for k in ours if k.endswith("embeddings.word_embeddings.weight"))
@@ -57,6 +58,9 @@ def test_same_logits_loss_and_gradients(arch, batch_size, num_labels, problem_ty
         # Softmax is invariant to the shared head bias: its exact gradient is 0; both sides hold only fp32 noise.
         for bias_grad in (ours.pop("classifier.bias"), ref_grads.pop("classifier.bias")):
             assert bias_grad.abs().item() < 1e-6
+    else:  # the head bias's gradient is the mean of the B x N terms (p - y): relative to their size
+        terms = (expected["probas"] - targets).abs().mean().detach()
+        check(ours.pop("classifier.bias"), ref_grads.pop("classifier.bias"), "classifier.bias", terms)
     for name, grad in ours.items():
         check(grad, ref_grads[name], name)
 
