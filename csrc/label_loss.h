@@ -43,10 +43,14 @@ C10_HOST_DEVICE inline acc_t bce_grad(acc_t sigmoid, acc_t y, acc_t p) {
 // Softmax cross-entropy of one row with label smoothing eps: (1 - eps) (lse - x_target) + eps (lse - mean x),
 // torch's definition. With lse = row_max + log_sum (log_sum = log sum exp(x - row_max)) each difference is
 // formed as (row_max - x) + log_sum: no cancellation between large logits, and each term is >= 0.
+// Without smoothing the second term is left out, not multiplied by 0: a -inf logit makes mean_logit -inf, and
+// 0 * inf would turn torch's finite loss into NaN.
 template <typename acc_t>
 C10_HOST_DEVICE inline acc_t smoothed_ce(acc_t row_max, acc_t log_sum, acc_t target_logit, acc_t mean_logit,
                                          acc_t eps) {
-  return (acc_t(1) - eps) * ((row_max - target_logit) + log_sum) + eps * ((row_max - mean_logit) + log_sum);
+  const acc_t nll = (row_max - target_logit) + log_sum;
+  if (eps == acc_t(0)) return nll;
+  return (acc_t(1) - eps) * nll + eps * ((row_max - mean_logit) + log_sum);
 }
 
 // softmax(x) from the row statistics, as exp((x - row_max) - log_sum): accurate where x - lse would lose the

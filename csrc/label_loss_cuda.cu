@@ -127,8 +127,8 @@ __global__ void single_label_forward_kernel(const scalar_t* __restrict__ x, cons
     if (v > thread_max) {
       thread_sum = thread_sum * exp_(thread_max - v) + acc_t(1);
       thread_max = v;
-    } else {
-      thread_sum += exp_(v - thread_max);
+    } else if (v != neg_inf) {  // a -inf adds exp(-inf) = 0; computed, it is exp(-inf - -inf) = NaN while
+      thread_sum += exp_(v - thread_max);  // the running max is still -inf
     }
   }
   const acc_t row_max = block_reduce(thread_max, neg_inf, MaxOp(), shared);
@@ -145,9 +145,12 @@ __global__ void single_label_forward_kernel(const scalar_t* __restrict__ x, cons
     const int64_t target = targets[r];
     acc_t loss = 0;
     if (target != ignore_index) {
-      CUDA_KERNEL_ASSERT(target >= 0 && target < n);
-      loss = smoothed_ce(row_max, log_sum, static_cast<acc_t>(row[target]), sum_logits / static_cast<acc_t>(n),
-                         eps);
+      // An out-of-range id (reachable only where the Python check is off: under torch.compile) gives the row a
+      // NaN loss, and backward NaN gradients, rather than a device assert, which would kill the CUDA context.
+      loss = target >= 0 && target < n
+                 ? smoothed_ce(row_max, log_sum, static_cast<acc_t>(row[target]),
+                               sum_logits / static_cast<acc_t>(n), eps)
+                 : acc_t(NAN);
     }
     row_loss[r] = loss;
   }
@@ -166,8 +169,10 @@ __global__ void single_label_backward_kernel(const acc_t* __restrict__ grad, int
     acc_t d = 0;
     if (target != ignore_index) {
       const acc_t target_weight = (col == target ? acc_t(1) - eps : acc_t(0)) + smooth;
-      d = (softmax_from(static_cast<acc_t>(x[i]), stats[2 * r], stats[2 * r + 1]) - target_weight) *
-          grad[r * grad_stride];
+      d = target >= 0 && target < n
+              ? (softmax_from(static_cast<acc_t>(x[i]), stats[2 * r], stats[2 * r + 1]) - target_weight) *
+                    grad[r * grad_stride]
+              : acc_t(NAN);  // an out-of-range id: see the forward kernel
     }
     dlogits[i] = static_cast<scalar_t>(d);
   }

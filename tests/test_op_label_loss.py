@@ -280,6 +280,50 @@ def test_extreme_logits_give_finite_loss_and_gradient(backend, dtype, multi_labe
                           scale=float(expected_dlogits.abs().max()))
 
 
+INF = float("inf")
+INFINITE_ROWS = {  # one row each; single-label targets point at a finite logit, then at an infinite one
+    "some -inf": ([-INF, 1.0, 2.0, -INF, 0.5], [1, 0]),
+    "+inf": ([INF, 1.0, 2.0, 0.0, -1.0], [1, 0]),
+    "two +inf": ([INF, INF, 0.0, 1.0, 2.0], [2, 0]),
+    "nothing but -inf": ([-INF] * 5, [1, 0]),
+}
+DEVICES = [pytest.param("cuda", marks=pytest.mark.gpu), "cpu"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("row", list(INFINITE_ROWS))
+@pytest.mark.parametrize("multi_label", [True, False])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_infinite_logits_give_torchs_values(device, backend, row, multi_label, label_smoothing):
+    """Loss, probas and dlogits equal torch's own elementwise, infinities and NaN included (a -inf logit once
+    gave the extension a NaN loss: 0 * inf in the smoothing term on the CPU, exp(-inf - -inf) on CUDA)."""
+    if multi_label and label_smoothing:
+        pytest.skip("label smoothing is single-label only")
+    values, class_ids = INFINITE_ROWS[row]
+    logits = torch.tensor([values] * len(class_ids), device=device)
+    if multi_label:
+        targets, options = (torch.rand(logits.shape, device=device) < 0.5).float(), {}
+        torch_loss = lambda x: F.binary_cross_entropy_with_logits(x, targets, reduction="none")  # noqa: E731
+        probas_fn = torch.sigmoid
+    else:
+        targets, options = torch.tensor(class_ids, device=device), {"label_smoothing": label_smoothing}
+        torch_loss = lambda x: F.cross_entropy(x, targets, reduction="none", **options)  # noqa: E731
+        probas_fn = lambda x: torch.softmax(x, -1)  # noqa: E731
+
+    def run(fn):
+        leaf = logits.clone().requires_grad_()
+        loss, probas = fn(leaf)
+        loss.sum().backward()
+        return loss.detach(), probas.detach(), leaf.grad
+
+    ours = run(lambda x: label_loss_and_probas(x, targets, multi_label, backend=backend, reduction="none",
+                                               **options))
+    expected = run(lambda x: (torch_loss(x), probas_fn(x)))
+    for what, mine, theirs in zip(("loss", "probas", "dlogits"), ours, expected):
+        torch.testing.assert_close(mine, theirs, equal_nan=True, rtol=1e-6, atol=1e-7, msg=f"{row}: {what}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("multi_label", [True, False])

@@ -265,26 +265,29 @@ def test_the_model_uses_the_extension_by_default(kernel_calls):
     assert_relative_close(loss, loss_torch, 1e-6)
 
 
-# ------------------------------------------------------------------------------------------------------- GPU
-@pytest.mark.gpu
+# ------------------------------------------------------------------------------- every device (CUDA: GPU-marked)
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.gpu), "cpu"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("multi_label", [True, False])
 @pytest.mark.parametrize("shape", [(1, 1), (5, 28), (3, 4099), (2, 100003)])
-def test_cuda_kernels_match_torch(dtype, multi_label, shape):
-    assert loss_extension.runs_on(torch.device("cuda")), loss_extension.extension_status()
-    logits = (torch.randn(shape, device="cuda") * 4).to(dtype)
-    upstream = torch.randn((), device="cuda")
+def test_extension_kernels_match_torch(device, dtype, multi_label, shape):
+    """On every device the extension has kernels for: error at most twice torch's same-dtype error."""
+    assert loss_extension.runs_on(torch.device(device)), loss_extension.extension_status()
+    logits = (torch.randn(shape, device=device) * 4).to(dtype)
+    upstream = torch.randn((), device=device)
     if multi_label:
-        targets = (torch.rand(shape, device="cuda") < 0.3).float()
-        options = {"pos_weight": torch.rand(shape[1], device="cuda") + 0.5,
-                   "label_mask": torch.rand(shape, device="cuda") < 0.8}
+        targets = (torch.rand(shape, device=device) < 0.3).float()
+        options = {"pos_weight": torch.rand(shape[1], device=device) + 0.5,
+                   "label_mask": torch.rand(shape, device=device) < 0.8}
         def oracle(x):  # noqa: E306
             keep, wide = options["label_mask"], x.to(torch.promote_types(x.dtype, torch.float32))
-            loss = F.binary_cross_entropy_with_logits(wide[keep], targets[keep].to(wide.dtype),
-                                                      pos_weight=options["pos_weight"].expand(shape)[keep].to(wide.dtype))
+            terms = F.binary_cross_entropy_with_logits(wide, targets.to(wide.dtype), reduction="none",
+                                                       pos_weight=options["pos_weight"].to(wide.dtype))
+            # the documented convention: the mean over what counts, 0 (not torch's NaN) when nothing counts
+            loss = (terms * keep).sum() / keep.sum().clamp(min=1)
             return loss, torch.sigmoid(x)
     else:
-        targets = torch.randint(0, shape[1], (shape[0],), device="cuda")
+        targets = torch.randint(0, shape[1], (shape[0],), device=device)
         targets[0] = -100 if shape[0] > 1 else targets[0]
         options = {"label_smoothing": 0.1}
         def oracle(x):  # noqa: E306
@@ -298,7 +301,7 @@ def test_cuda_kernels_match_torch(dtype, multi_label, shape):
         return loss.detach().double(), probas.detach().double(), dlogits.double()
 
     for _ in range(2):  # the caching allocator hands these NaN blocks to the kernel: unwritten outputs show
-        torch.full(shape, float("nan"), device="cuda", dtype=dtype)
+        torch.full(shape, float("nan"), device=device, dtype=dtype)
     ours = run(lambda x: label_loss_and_probas(x, targets, multi_label, backend="extension", **options), logits)
     exact = run(oracle, logits.double())
     same_dtype = run(oracle, logits)
@@ -306,3 +309,20 @@ def test_cuda_kernels_match_torch(dtype, multi_label, shape):
         assert mine.isfinite().all(), what
         our_error, torch_error = (mine - truth).abs().max(), (torchs - truth).abs().max()
         assert our_error <= 2 * torch_error + 1e-5 * truth.abs().max(), f"{what}: {our_error} vs torch {torch_error}"
+
+
+@pytest.mark.gpu
+def test_cuda_out_of_range_class_id_gives_nan_not_a_dead_context():
+    """The kernel itself (what runs under torch.compile, where the Python id check is off) marks an out-of-range
+    class id with a NaN loss and NaN gradients for its row; the CUDA context stays usable."""
+    assert loss_extension.runs_on(torch.device("cuda")), loss_extension.extension_status()
+    label_loss_and_probas(torch.zeros(1, 3, device="cuda"), None, False, backend="extension")  # registers the ops
+    logits = torch.randn(3, 5, device="cuda")
+    targets = torch.tensor([1, 7, -3], device="cuda")
+    loss, _, stats = torch.ops.ltc_fast_ext.single_label_forward(logits, targets, -100, 0.0, True)
+    dlogits = torch.ops.ltc_fast_ext.single_label_backward(torch.ones(3, device="cuda"), logits, targets, stats,
+                                                           -100, 0.0)
+    assert loss[0].isfinite() and loss[1:].isnan().all()
+    assert dlogits[0].isfinite().all() and dlogits[1:].isnan().all()
+    torch.cuda.synchronize()  # a device assert would raise here, and every later CUDA call would fail
+    assert (torch.ones(2, device="cuda") + 1).sum().item() == 4

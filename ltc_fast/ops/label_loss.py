@@ -54,6 +54,8 @@ def label_loss_and_probas(
       the accumulated loss is the mean over the whole batch.
     Convention: when nothing counts (every element masked, every row ignored) the mean is 0 with zero gradient,
     not NaN. `F.cross_entropy` gives NaN for an all-ignored batch; this function does not.
+    Infinite logits give torch's values on every backend: a -inf logit is a probability of 0 (finite loss unless
+    it is the target); +inf, or a row of nothing but -inf, gives NaN in single-label as in torch.
     Losses are float32 (float64 for float64 logits) whatever the logits' dtype, accumulated in that precision;
     probas have the logits' dtype. `backend`: `"auto"`, `"torch"` or `"extension"`, see `ltc_fast.ops.dispatch`;
     `"auto"` takes the extension when it is loaded for the logits' device and dtype.
@@ -104,7 +106,9 @@ def _describe(tensor) -> str:
 
 def _data_checks_allowed() -> bool:
     """Value checks (class ids in range, 0/1 masks) read the data; under torch.compile they would break the
-    graph, so they run in eager mode only (the kernels still refuse out-of-range ids)."""
+    graph, so they run in eager mode only. There an out-of-range class id still never passes silently: the CPU
+    kernel raises, the CUDA kernel gives that row a NaN loss and NaN gradients (a device assert would kill the
+    CUDA context), and torch's twin raises on the CPU and device-asserts on CUDA."""
     return not torch.compiler.is_compiling()
 
 
