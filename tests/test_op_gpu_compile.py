@@ -1,11 +1,19 @@
-"""Every Triton kernel of ltc_fast/ops compiles for a real GPU (sm_90; bf16 and fp32; every constexpr branch),
-on any machine: Triton's interpreter, which the CPU tests run the kernels in, accepts code that its
-compiler rejects (non-constexpr globals, type errors in loops). Compiling needs no GPU, but it must run without
-TRITON_INTERPRET, so the check runs in a subprocess (this file as a script)."""
+"""Every Triton kernel of ltc_fast/ops compiles for a real GPU (sm_90; bf16 and fp32; every constexpr branch;
+the tiles the launchers use), on any machine: Triton's interpreter, which the CPU tests run the kernels in,
+accepts code that its compiler rejects (non-constexpr globals, type errors in loops). ptxas's registers and
+spills are reported per kernel, and a kernel that spills fails. And a training loop's launches, whose seed and
+batch geometry change every step, share one compiled variant (Triton specialises plain ints == 1 and % 16; a
+new variant is a JIT of seconds inside a step).
 
+Compiling needs no GPU, but it must run without TRITON_INTERPRET, so the checks run in a subprocess (this file
+as a script), which prints its findings as JSON.
+"""
+
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +21,8 @@ import pytest
 from conftest import needs_triton
 
 ROOT = Path(__file__).resolve().parents[1]
+H = 768  # roberta-base's hidden size; the tiles follow from it as in a real launch
+NUM_LABELS = 28
 
 
 def _signature(kernel, constexprs, pointer_types):
@@ -29,56 +39,132 @@ def _signature(kernel, constexprs, pointer_types):
 
 
 def _cases():
-    """One variant per kernel and constexpr branch: bf16 with every option on, fp32 with every option off and
-    the ints Triton turns into constexprs when they equal 1 (one sequence, one label)."""
+    """(name, kernel, constexprs, pointer types): one variant per kernel and constexpr branch, bf16 with every
+    option on and fp32 with every option off and the specialised ints Triton turns into constexprs when they
+    equal 1 (one label)."""
     from ltc_fast.ops import label_embedding as emb
     from ltc_fast.ops import label_head as head
 
-    for dtype, on, ones in (("bf16", True, {}), ("fp32", False, {"num_seqs": 1, "num_labels": 1})):
-        yield emb._inject_forward_kernel, dict(PACKED=on, SEARCH_STEPS=3 if on else 0, BLOCK_ROWS=16,
-                                               BLOCK_COLS=256, **ones), dict(
+    for dtype, on in (("bf16", True), ("fp32", False)):
+        ones = {} if on else {"num_labels": 1}  # specialised in the embedding kernels (fixed per model)
+        yield f"inject_forward {dtype}", emb._inject_forward_kernel, dict(
+            PACKED=on, SEARCH_STEPS=3 if on else 0, **emb.forward_blocks(H), **ones), dict(
             text_ids_ptr="*i64", cu_seqlens_ptr="*i32", word_ptr=f"*{dtype}", label_ptr=f"*{dtype}",
             out_ptr=f"*{dtype}")
-        yield emb._label_grad_kernel, dict(PACKED=on, BLOCK_LABELS=8, BLOCK_COLS=256, **ones), dict(
+        yield f"label_grad {dtype}", emb._label_grad_kernel, dict(
+            PACKED=on, **emb.label_grad_blocks(NUM_LABELS, H), **ones), dict(
             grad_ptr=f"*{dtype}", cu_seqlens_ptr="*i32", out_ptr=f"*{dtype}")
-        constexprs = dict(H=768, GIVEN_ROWS=on, DROPOUT=on, BLOCK_H=256, **ones)
+        constexprs = dict(H=H, GIVEN_ROWS=on, DROPOUT=on, **head.head_blocks(H))
         pointers = dict(hidden_ptr=f"*{dtype}", label_rows_ptr="*i64", weight_ptr="*fp32", bias_ptr="*fp32",
                         out_ptr=f"*{dtype}", grad_ptr=f"*{dtype}", grad_hidden_ptr=f"*{dtype}",
                         weight_partials_ptr="*fp32")
-        constexprs.pop("num_seqs", None)
-        yield head._head_forward_kernel, dict(constexprs, BLOCK_ITEMS=16), pointers
-        yield head._head_backward_kernel, dict(constexprs, BLOCK_ITEMS=32), pointers
-    yield head._keep_mask_kernel, dict(H=96, BLOCK_ITEMS=16, BLOCK_H=128), dict(out_ptr="*i8")
+        yield f"head_forward {dtype}", head._head_forward_kernel, constexprs, pointers
+        yield f"head_backward {dtype}", head._head_backward_kernel, constexprs, pointers
+    yield "keep_mask", head._keep_mask_kernel, dict(H=96, **head.head_blocks(96)), dict(out_ptr="*i8")
 
 
-def compile_all() -> int:
+def compile_all() -> dict:
+    """{case: ptxas stats} for every case, compiled for sm_90 at 4 warps."""
     import triton
     from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
 
-    count = 0
-    for capability in (90,):  # H100 / H200
-        for kernel, constexprs, pointer_types in _cases():
-            source = ASTSource(fn=kernel, signature=_signature(kernel, constexprs, pointer_types),
-                               constexprs=constexprs)
-            compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32))
-            assert compiled.asm["cubin"], kernel.__name__
-            count += 1
-    return count
+    from ptxas_report import parse_ptxas_verbose
+
+    ptxas = get_ptxas(90).path
+    report = {}
+    for name, kernel, constexprs, pointer_types in _cases():
+        source = ASTSource(fn=kernel, signature=_signature(kernel, constexprs, pointer_types), constexprs=constexprs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        assert compiled.asm["cubin"], name
+        with tempfile.TemporaryDirectory() as tmp:  # ptxas again, verbose: Triton's own run keeps its report
+            ptx = Path(tmp, "kernel.ptx")
+            ptx.write_text(compiled.asm["ptx"])
+            verbose = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", str(ptx), "-o", str(ptx.with_suffix(".o"))],
+                                     capture_output=True, text=True, check=True).stderr
+        functions = parse_ptxas_verbose(verbose)
+        report[name] = {"registers": max(f["registers"] or 0 for f in functions.values()),
+                        "spill_stores": sum(f["spill_stores"] for f in functions.values()),
+                        "spill_loads": sum(f["spill_loads"] for f in functions.values())}
+    return report
 
 
-@needs_triton
-def test_every_kernel_compiles_for_cuda_targets(tmp_path):
+def launch_specializations() -> dict:
+    """{kernel: number of distinct compiled variants} over launches like successive training steps: different
+    dropout seeds, batch sizes, sequence lengths and label counts (decoupled chunks, sampled labels). The
+    launchers run on CPU tensors with the kernels' `run` replaced by a recorder; Triton's own binder, built
+    for sm_90, says which variant each launch would compile."""
+    import torch
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    from ltc_fast.ops import label_embedding as emb
+    from ltc_fast.ops import label_head as head
+
+    kernels = {"inject_forward": emb._inject_forward_kernel, "label_grad": emb._label_grad_kernel,
+               "head_forward": head._head_forward_kernel, "head_backward": head._head_backward_kernel}
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    variants = {name: set() for name in kernels}
+    for name, kernel in kernels.items():
+        binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+
+        def record(*args, grid, warmup, binder=binder, name=name, **kwargs):
+            _, specialization, _ = binder(*args, **kwargs)
+            variants[name].add(repr(specialization))
+
+        kernel.run = record
+    generator = torch.Generator().manual_seed(0)
+    words, labels, weight, bias = torch.randn(50, 96), torch.randn(40, 96), torch.randn(1, 96), torch.zeros(1)
+    for batch, text_len, num_labels in ((32, 47, 40), (17, 64, 32), (1, 9, 1), (8, 33, 3)):
+        text_ids = torch.randint(0, 50, (batch, text_len), generator=generator)
+        embedded = emb.inject_forward_triton(text_ids, None, words, labels)  # N is fixed per model here
+        emb.label_grad_triton(embedded, None, labels.shape[0])
+        hidden = embedded.float()
+        for seed in range(3):  # the head scores N labels of [CLS] + 40 label slots + text
+            head.head_forward_triton(hidden, weight, bias, None, num_labels, 0.1, torch.tensor(1000 + seed * 7))
+            head.head_backward_triton(torch.ones(batch, num_labels), hidden, weight, bias, None, num_labels, 0.1,
+                                      torch.tensor(1000 + seed * 7))
+    return {name: len(found) for name, found in variants.items()}
+
+
+def _run_script(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # a real compile each time, and no cache left behind
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")])
     result = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=600)
     if "ptxas" in result.stderr and "not found" in result.stderr.lower():
         pytest.skip("this triton install has no ptxas to compile with")
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "compiled" in result.stdout
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def findings(tmp_path_factory):
+    return _run_script(tmp_path_factory.mktemp("triton-cache"))
+
+
+@needs_triton
+def test_every_kernel_compiles_for_sm90_without_spilling(findings):
+    from ptxas_report import format_table
+
+    report = findings["registers"]
+    print(format_table({name: {**stats, "stack_frame": 0} for name, stats in report.items()},
+                       "Triton kernels on sm_90, 4 warps (ptxas -v)"))
+    assert len(report) == 9
+    spilling = {name: stats for name, stats in report.items() if stats["spill_stores"] or stats["spill_loads"]}
+    assert not spilling, spilling
+
+
+@needs_triton
+def test_a_training_loop_compiles_each_kernel_once(findings):
+    """Seeds and batch geometry vary per step, and so does the head's label count (decoupled chunks, sampled
+    labels); the embedding kernels' label count is fixed per model."""
+    assert findings["variants"] == dict.fromkeys(("inject_forward", "label_grad", "head_forward", "head_backward"),
+                                                 1)
 
 
 if __name__ == "__main__":
-    print(f"compiled {compile_all()} kernel variants")
+    print(json.dumps({"registers": compile_all(), "variants": launch_specializations()}))

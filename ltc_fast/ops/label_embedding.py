@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .. import layout
 from ..layout import LABEL_START
 from .dispatch import resolve_backend
-from .triton_support import FAST, tl, triton, triton_applies
+from .triton_support import FAST, launch_guard, tl, triton, triton_applies
 
 OP = "inject_label_embeddings"
 
@@ -47,6 +47,11 @@ def inject_label_embeddings_torch(
 
 
 # ------------------------------------------------------------------------------------------ Triton kernels
+# The batch's geometry changes from call to call: not specialised (Triton would compile a variant per value class,
+# == 1 or divisible by 16, a JIT of seconds inside a training step). The table widths and strides stay
+# specialised: they are fixed per model and their divisibility lets Triton vectorise the row copies.
+_PER_CALL_INTS = ["total_rows", "num_seqs", "text_len"]
+
 if triton is not None:
     # Globals read inside kernels must be constexpr objects for Triton's compiler.
     _LABEL_START = tl.constexpr(LABEL_START)
@@ -65,7 +70,7 @@ if triton is not None:
             high = tl.where(at_or_after, high, mid)
         return low
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_PER_CALL_INTS)
     def _inject_forward_kernel(
         text_ids_ptr, cu_seqlens_ptr, word_ptr, label_ptr, out_ptr,
         total_rows, num_seqs, num_labels, text_len, width,
@@ -96,7 +101,7 @@ if triton is not None:
         tl.store(out_ptr + rows[:, None] * width + cols[None, :],
                  tl.where(is_label[:, None], label_row, word_row), mask=both_ok)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["num_seqs", "text_len"])
     def _label_grad_kernel(
         grad_ptr, cu_seqlens_ptr, out_ptr,
         num_seqs, num_labels, text_len, width,
@@ -126,6 +131,20 @@ def _column_block(width: int) -> int:
     return min(triton.next_power_of_2(width), 256)
 
 
+def forward_blocks(width: int) -> dict:
+    """The forward kernel's tile: rows x columns of about 4096 elements (also what the sm_90 compile test
+    builds)."""
+    block_cols = _column_block(width)
+    return {"BLOCK_ROWS": max(1, 4096 // block_cols), "BLOCK_COLS": block_cols}
+
+
+def label_grad_blocks(num_labels: int, width: int) -> dict:
+    """The label-gradient kernel's tile: label rows x columns of at most 2048 elements."""
+    block_cols = _column_block(width)
+    return {"BLOCK_LABELS": max(1, min(triton.next_power_of_2(num_labels), 2048 // block_cols)),
+            "BLOCK_COLS": block_cols}
+
+
 def _batch_size(text_ids: torch.Tensor, cu_seqlens: torch.Tensor | None) -> int:
     return text_ids.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
 
@@ -148,16 +167,18 @@ def inject_forward_triton(text_ids, cu_seqlens, word_embeddings, label_embedding
     total_rows = out.shape[0] * (out.shape[1] if out.dim() == 3 else 1)
     if out.numel() == 0:
         return out  # an empty batch: no program to launch
-    block_cols = _column_block(width)
-    block_rows = max(1, 4096 // block_cols)
-    grid = (triton.cdiv(total_rows, block_rows), triton.cdiv(width, block_cols))
-    _inject_forward_kernel[grid](
-        text_ids, text_ids if cu_seqlens is None else cu_seqlens, word_embeddings, label_embeddings, out,
-        total_rows, batch, num_labels, text_ids.shape[-1], width,
-        word_embeddings.stride(0), label_embeddings.stride(0),
-        PACKED=cu_seqlens is not None, SEARCH_STEPS=max(batch - 1, 0).bit_length(),
-        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
-    )
+    blocks = forward_blocks(width)
+    grid = (triton.cdiv(total_rows, blocks["BLOCK_ROWS"]), triton.cdiv(width, blocks["BLOCK_COLS"]))
+    with launch_guard(out):
+        _inject_forward_kernel[grid](
+            text_ids, text_ids if cu_seqlens is None else cu_seqlens, word_embeddings, label_embeddings, out,
+            total_rows, batch, num_labels, text_ids.shape[-1], width,
+            word_embeddings.stride(0), label_embeddings.stride(0),
+            PACKED=cu_seqlens is not None,
+            # halvings of the packed search; 0 when padded (one variant whatever the batch size)
+            SEARCH_STEPS=max(batch - 1, 0).bit_length() if cu_seqlens is not None else 0,
+            **blocks,
+        )
     return out
 
 
@@ -173,14 +194,14 @@ def label_grad_triton(grad_out, cu_seqlens, num_labels, out=None) -> torch.Tenso
         out = grad_out.new_empty(num_labels, width)
     if batch == 0:
         return out.zero_()
-    block_cols = _column_block(width)
-    block_labels = max(1, min(triton.next_power_of_2(num_labels), 2048 // block_cols))
-    grid = (triton.cdiv(num_labels, block_labels), triton.cdiv(width, block_cols))
-    _label_grad_kernel[grid](
-        grad_out, grad_out if cu_seqlens is None else cu_seqlens, out,
-        batch, num_labels, text_len, width,
-        PACKED=cu_seqlens is not None, BLOCK_LABELS=block_labels, BLOCK_COLS=block_cols,
-    )
+    blocks = label_grad_blocks(num_labels, width)
+    grid = (triton.cdiv(num_labels, blocks["BLOCK_LABELS"]), triton.cdiv(width, blocks["BLOCK_COLS"]))
+    with launch_guard(out):
+        _label_grad_kernel[grid](
+            grad_out, grad_out if cu_seqlens is None else cu_seqlens, out,
+            batch, num_labels, text_len, width,
+            PACKED=cu_seqlens is not None, **blocks,
+        )
     return out
 
 

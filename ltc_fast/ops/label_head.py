@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..layout import LABEL_START
 from .dispatch import resolve_backend
-from .triton_support import FAST, tl, triton, triton_applies
+from .triton_support import FAST, launch_guard, tl, triton, triton_applies
 
 OP = "label_head_logits"
 _SEED_BOUND = 2**31 - 1  # seeds stay int32 so Triton passes them as plain scalars
@@ -58,15 +58,23 @@ def label_head_logits_torch(
 
 
 # ------------------------------------------------------------------------------------------ Triton kernels
+# Triton compiles a variant per value class of plain int arguments (== 1, divisible by 16): the ones that change
+# from call to call (the dropout seed, the batch's geometry) are not specialised, so that a training loop does
+# not JIT-compile a new variant every few steps.
+_PER_CALL_INTS = ["seed", "num_items", "num_labels", "seq_len"]
+
 if triton is not None:
     # Globals read inside kernels must be constexpr objects for Triton's compiler.
     _LABEL_START = tl.constexpr(LABEL_START)
 
     @triton.jit
-    def _keep(seed, items, cols, p, H: tl.constexpr):
-        """Dropout's keep mask for label items x columns: element (item, col) of the `[B * N, H]` label states
-        is kept when its Philox draw is >= p. The one definition of the mask, shared by every kernel here."""
-        return tl.rand(seed, items[:, None] * H + cols[None, :]) >= p
+    def _draws(seed, items, start, H: tl.constexpr, BLOCK_H: tl.constexpr):
+        """Four uniform draws `[items, BLOCK_H]` per Philox call, for the four column chunks
+        `start + k * BLOCK_H + j` (k = 0..3) of a super-block of 4 * BLOCK_H columns. The counter of column j
+        of super-block s is `item * H + s * BLOCK_H + j`, distinct for every column that exists. Before, one call
+        per element kept one of its four outputs: four times the Philox rounds, and register spills."""
+        cols = (start // 4) + tl.arange(0, BLOCK_H)
+        return tl.rand4x(seed, items[:, None] * H + cols[None, :])
 
     @triton.jit
     def _rows_of_items(items, item_ok, label_rows_ptr, num_labels, seq_len, GIVEN_ROWS: tl.constexpr):
@@ -75,7 +83,7 @@ if triton is not None:
             return tl.load(label_rows_ptr + items, mask=item_ok, other=0).to(tl.int64)
         return (items // num_labels) * seq_len + _LABEL_START + items % num_labels
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_PER_CALL_INTS)
     def _head_forward_kernel(
         hidden_ptr, label_rows_ptr, weight_ptr, bias_ptr, out_ptr,
         seed, p, scale, num_items, num_labels, seq_len,
@@ -86,19 +94,23 @@ if triton is not None:
         item_ok = items < num_items
         rows = _rows_of_items(items, item_ok, label_rows_ptr, num_labels, seq_len, GIVEN_ROWS)
         total = tl.zeros((BLOCK_ITEMS,), dtype=tl.float32)
-        for start in tl.static_range(0, H, BLOCK_H):
-            cols = start + tl.arange(0, BLOCK_H)
-            col_ok = cols < H
-            states = tl.load(hidden_ptr + rows[:, None] * H + cols[None, :],
-                             mask=item_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        # A loop, not static_range: unrolled, the compiler hoisted every chunk's loads and ran out of registers.
+        for start in range(0, H, 4 * BLOCK_H):
             if DROPOUT:
-                states = tl.where(_keep(seed, items, cols, p, H), states * scale, 0.0)
-            weight = tl.load(weight_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            total += tl.sum(states * weight[None, :], axis=1)
+                draws = _draws(seed, items, start, H, BLOCK_H)
+            for k in tl.static_range(4):
+                cols = start + k * BLOCK_H + tl.arange(0, BLOCK_H)
+                col_ok = cols < H
+                states = tl.load(hidden_ptr + rows[:, None] * H + cols[None, :],
+                                 mask=item_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+                if DROPOUT:
+                    states = tl.where(draws[k] >= p, states * scale, 0.0)
+                weight = tl.load(weight_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+                total += tl.sum(states * weight[None, :], axis=1)
         total += tl.load(bias_ptr).to(tl.float32)
         tl.store(out_ptr + items, total.to(out_ptr.dtype.element_ty), mask=item_ok)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=_PER_CALL_INTS)
     def _head_backward_kernel(
         grad_ptr, hidden_ptr, label_rows_ptr, weight_ptr, grad_hidden_ptr, weight_partials_ptr,
         seed, p, scale, num_items, num_labels, seq_len,
@@ -112,35 +124,42 @@ if triton is not None:
         item_ok = items < num_items
         rows = _rows_of_items(items, item_ok, label_rows_ptr, num_labels, seq_len, GIVEN_ROWS)
         grad = tl.load(grad_ptr + items, mask=item_ok, other=0.0).to(tl.float32)
-        for start in tl.static_range(0, H, BLOCK_H):
-            cols = start + tl.arange(0, BLOCK_H)
-            col_ok = cols < H
-            both_ok = item_ok[:, None] & col_ok[None, :]
-            states = tl.load(hidden_ptr + rows[:, None] * H + cols[None, :], mask=both_ok, other=0.0).to(tl.float32)
-            weight = tl.load(weight_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            factor = grad[:, None]
+        for start in range(0, H, 4 * BLOCK_H):
             if DROPOUT:
-                factor = tl.where(_keep(seed, items, cols, p, H), factor * scale, 0.0)
-            tl.store(grad_hidden_ptr + rows[:, None] * H + cols[None, :],
-                     (factor * weight[None, :]).to(grad_hidden_ptr.dtype.element_ty), mask=both_ok)
-            tl.store(weight_partials_ptr + program * H + cols, tl.sum(factor * states, axis=0), mask=col_ok)
+                draws = _draws(seed, items, start, H, BLOCK_H)
+            for k in tl.static_range(4):
+                cols = start + k * BLOCK_H + tl.arange(0, BLOCK_H)
+                col_ok = cols < H
+                both_ok = item_ok[:, None] & col_ok[None, :]
+                states = tl.load(hidden_ptr + rows[:, None] * H + cols[None, :], mask=both_ok,
+                                 other=0.0).to(tl.float32)
+                weight = tl.load(weight_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+                factor = grad[:, None]
+                if DROPOUT:
+                    factor = tl.where(draws[k] >= p, factor * scale, 0.0)
+                tl.store(grad_hidden_ptr + rows[:, None] * H + cols[None, :],
+                         (factor * weight[None, :]).to(grad_hidden_ptr.dtype.element_ty), mask=both_ok)
+                tl.store(weight_partials_ptr + program * H + cols, tl.sum(factor * states, axis=0),
+                         mask=col_ok)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["seed", "num_items"])
     def _keep_mask_kernel(out_ptr, seed, p, num_items, H: tl.constexpr, BLOCK_ITEMS: tl.constexpr,
                           BLOCK_H: tl.constexpr):
         items = tl.program_id(0).to(tl.int64) * BLOCK_ITEMS + tl.arange(0, BLOCK_ITEMS)
-        for start in tl.static_range(0, H, BLOCK_H):
-            cols = start + tl.arange(0, BLOCK_H)
-            keep = _keep(seed, items, cols, p, H)
-            tl.store(out_ptr + items[:, None] * H + cols[None, :], keep.to(tl.int8),
-                     mask=(items < num_items)[:, None] & (cols < H)[None, :])
+        for start in range(0, H, 4 * BLOCK_H):
+            draws = _draws(seed, items, start, H, BLOCK_H)
+            for k in tl.static_range(4):
+                cols = start + k * BLOCK_H + tl.arange(0, BLOCK_H)
+                tl.store(out_ptr + items[:, None] * H + cols[None, :], (draws[k] >= p).to(tl.int8),
+                         mask=(items < num_items)[:, None] & (cols < H)[None, :])
 
 
-_FORWARD_ITEMS, _BACKWARD_ITEMS = 16, 32  # label items per program
-
-
-def _block_h(hidden: int) -> int:
-    return min(triton.next_power_of_2(hidden), 256)
+def head_blocks(hidden: int) -> dict:
+    """The tile of every head kernel: 16 label items x BLOCK_H columns, BLOCK_H a quarter of the row (one Philox
+    call serves four chunks), 16 to 64. Larger tiles spilled registers at 4 warps on sm_90 (registers and spills
+    per kernel: tests/test_op_gpu_compile.py reports them). The dropout mask's layout depends on BLOCK_H, so
+    every kernel takes it from here."""
+    return {"BLOCK_ITEMS": 16, "BLOCK_H": min(max(triton.next_power_of_2(triton.cdiv(hidden, 4)), 16), 64)}
 
 
 def draw_dropout_seed() -> torch.Tensor:
@@ -167,9 +186,10 @@ def dropout_keep_mask(seed: torch.Tensor | int, batch_size: int, num_labels: int
     """The keep mask (bool `[B, N, H]`) the head kernel uses for this seed, computed by the same Triton code."""
     out = torch.empty(batch_size, num_labels, hidden_size, dtype=torch.int8, device=device)
     num_items = batch_size * num_labels
-    _keep_mask_kernel[(triton.cdiv(num_items, _FORWARD_ITEMS),)](
-        out, int(seed), float(dropout_p), num_items, H=hidden_size, BLOCK_ITEMS=_FORWARD_ITEMS,
-        BLOCK_H=_block_h(hidden_size))
+    blocks = head_blocks(hidden_size)
+    with launch_guard(out):
+        _keep_mask_kernel[(triton.cdiv(num_items, blocks["BLOCK_ITEMS"]),)](
+            out, int(seed), float(dropout_p), num_items, H=hidden_size, **blocks)
     return out.bool()
 
 
@@ -184,12 +204,13 @@ def head_forward_triton(hidden_states, weight, bias, label_rows, num_labels, dro
     num_items = batch * num_labels
     if num_items == 0:
         return out  # an empty batch: no program to launch
-    _head_forward_kernel[(triton.cdiv(num_items, _FORWARD_ITEMS),)](
-        hidden_states, hidden_states if label_rows is None else label_rows.contiguous(), weight.contiguous(),
-        bias, out, seed, p, scale, num_items, num_labels, seq_len,
-        H=hidden, GIVEN_ROWS=label_rows is not None, DROPOUT=dropout,
-        BLOCK_ITEMS=_FORWARD_ITEMS, BLOCK_H=_block_h(hidden),
-    )
+    blocks = head_blocks(hidden)
+    with launch_guard(hidden_states):
+        _head_forward_kernel[(triton.cdiv(num_items, blocks["BLOCK_ITEMS"]),)](
+            hidden_states, hidden_states if label_rows is None else label_rows.contiguous(), weight.contiguous(),
+            bias, out, seed, p, scale, num_items, num_labels, seq_len,
+            H=hidden, GIVEN_ROWS=label_rows is not None, DROPOUT=dropout, **blocks,
+        )
     return out
 
 
@@ -205,14 +226,15 @@ def head_backward_triton(grad_logits, hidden_states, weight, bias, label_rows, n
         grad_hidden = torch.zeros_like(hidden_states)
     dropout, seed, p, scale = _dropout_args(dropout_p, seed)
     num_items = batch * num_labels
-    programs = max(triton.cdiv(num_items, _BACKWARD_ITEMS), 1)  # one program (of no items) for an empty batch
+    blocks = head_blocks(hidden)
+    programs = max(triton.cdiv(num_items, blocks["BLOCK_ITEMS"]), 1)  # one program (of no items): empty batch
     weight_partials = torch.empty(programs, hidden, dtype=torch.float32, device=hidden_states.device)
-    _head_backward_kernel[(programs,)](
-        grad_logits, hidden_states, hidden_states if label_rows is None else label_rows.contiguous(),
-        weight.contiguous(), grad_hidden, weight_partials, seed, p, scale, num_items, num_labels, seq_len,
-        H=hidden, GIVEN_ROWS=label_rows is not None, DROPOUT=dropout,
-        BLOCK_ITEMS=_BACKWARD_ITEMS, BLOCK_H=_block_h(hidden),
-    )
+    with launch_guard(hidden_states):
+        _head_backward_kernel[(programs,)](
+            grad_logits, hidden_states, hidden_states if label_rows is None else label_rows.contiguous(),
+            weight.contiguous(), grad_hidden, weight_partials, seed, p, scale, num_items, num_labels, seq_len,
+            H=hidden, GIVEN_ROWS=label_rows is not None, DROPOUT=dropout, **blocks,
+        )
     grad_weight = weight_partials.sum(dim=0).reshape(weight.shape).to(weight.dtype)
     grad_bias = grad_logits.float().sum().reshape(bias.shape).to(bias.dtype)
     return grad_hidden, grad_weight, grad_bias
@@ -309,13 +331,20 @@ def label_head_logits(
     *,
     label_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`logits[b, i] = weight . dropout(h(b, i)) + bias`, shape `[B, N]`, in hidden_states' dtype.
+    """`logits[b, i] = weight . dropout(h(b, i)) + bias`, shape `[B, N]`, in hidden_states' dtype (autocast's,
+    under autocast, as `F.linear`'s).
 
     `h(b, i)` is `hidden_states[b, LABEL_START + i]` (padded `[B, S, H]`) or `hidden_states[label_rows[b, i]]`
     (packed `[total, H]`; the rows must be distinct). The reference projects all `S` positions and slices
     afterwards; only the N label states matter. `backend`: see `ltc_fast.ops.dispatch`.
     """
     _validate(hidden_states, weight, bias, num_labels, dropout_p, label_rows)
+    device_type = hidden_states.device.type
+    if torch.is_autocast_enabled(device_type):
+        # What F.linear does under autocast, done before either backend runs so that both compute in, and
+        # return, autocast's dtype (the kernel alone would keep the fp32 of the encoder's LayerNorm output).
+        hidden_states, weight, bias = (t.to(torch.get_autocast_dtype(device_type))
+                                       for t in (hidden_states, weight, bias))
     applies, why_not = triton_applies(backend, hidden_states, weight, bias)
     if resolve_backend(OP, backend, FAST, applies, why_not) == FAST:
         seed = draw_dropout_seed() if training and dropout_p > 0 else None

@@ -7,6 +7,8 @@ plain-PyTorch twin. Triton kernels run on CUDA tensors, and on CPU tensors only 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 try:
@@ -48,3 +50,9 @@ def triton_applies(requested: str | None, *tensors: torch.Tensor) -> tuple[bool,
         return False, "the tensors are on the CPU; Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 " \
                       "set before triton is imported, to run them in Triton's interpreter)"
     return False, f"the tensors are on devices {sorted(devices)}; Triton kernels need them all on one CUDA device"
+
+
+def launch_guard(tensor: torch.Tensor):
+    """The context to launch a kernel on `tensor`'s inputs in: Triton launches on the *current* CUDA device, so
+    that must be the tensors' own (a model on a second GPU of the process); nothing for CPU tensors."""
+    return torch.cuda.device(tensor.device) if tensor.device.type == "cuda" else contextlib.nullcontext()
