@@ -196,6 +196,23 @@ def test_bad_input_is_reported_before_any_kernel(backend, change, message):
                                True, backend=backend, label_rows=args["label_rows"])
 
 
+@needs_triton
+@pytest.mark.parametrize("training", [False, True])
+def test_under_autocast_both_backends_return_autocasts_dtype(training):
+    """The encoder's LayerNorm output is fp32 under autocast; F.linear (the twin) computes and returns bf16 there,
+    and so must the kernel, or the logits' dtype would depend on the backend."""
+    (states, weight, bias), _ = _inputs(3, 5, 96, packed=False)
+    outputs = {}
+    for backend in ("torch", "triton"):
+        with torch.autocast(OP_DEVICE, dtype=torch.bfloat16):
+            outputs[backend] = head.label_head_logits(states, weight, bias, 5, 0.1, training, backend=backend)
+        outputs[backend].float().sum().backward()
+    assert outputs["triton"].dtype == outputs["torch"].dtype == torch.bfloat16
+    assert states.grad.dtype == torch.float32  # gradients keep the parameters' own dtype
+    if not training:
+        torch.testing.assert_close(outputs["triton"], outputs["torch"], rtol=2 ** -7, atol=2 ** -7)
+
+
 # ----------------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @needs_triton

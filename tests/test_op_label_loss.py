@@ -23,6 +23,7 @@ needs_extension = pytest.mark.skipif(not EXTENSION_LOADED, reason=f"loss extensi
 BACKENDS = [pytest.param("extension", marks=needs_extension), "torch"]
 SHAPES = [(1, 1), (1, 7), (5, 1), (3, 29), (8, 28)]
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+DEVICES = [pytest.param("cuda", marks=pytest.mark.gpu), "cpu"]
 
 
 @pytest.fixture(autouse=True)
@@ -280,6 +281,21 @@ def test_extreme_logits_give_finite_loss_and_gradient(backend, dtype, multi_labe
                           scale=float(expected_dlogits.abs().max()))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_probas_have_the_logits_dtype_under_autocast(device, backend, multi_label):
+    """CUDA autocast runs softmax in fp32; the twin's probas must still have the logits' dtype, as the
+    extension's do, whatever the backend."""
+    logits = torch.randn(3, 5, device=device, dtype=torch.bfloat16)
+    targets = (torch.rand(3, 5, device=device) < 0.5).float() if multi_label else torch.tensor([0, 4, 2], device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        for given in (targets, None):
+            loss, probas = label_loss_and_probas(logits, given, multi_label, backend=backend)
+            assert probas.dtype == torch.bfloat16
+            assert given is None or loss.dtype == torch.float32
+
+
 INF = float("inf")
 INFINITE_ROWS = {  # one row each; single-label targets point at a finite logit, then at an infinite one
     "some -inf": ([-INF, 1.0, 2.0, -INF, 0.5], [1, 0]),
@@ -287,7 +303,6 @@ INFINITE_ROWS = {  # one row each; single-label targets point at a finite logit,
     "two +inf": ([INF, INF, 0.0, 1.0, 2.0], [2, 0]),
     "nothing but -inf": ([-INF] * 5, [1, 0]),
 }
-DEVICES = [pytest.param("cuda", marks=pytest.mark.gpu), "cpu"]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -76,7 +76,7 @@ def label_loss_and_probas(
             _choose_backend(backend, logits, targets, pos_weight)
         else:
             resolve_backend(OP_NAME, backend, FAST, True)  # still rejects a bad backend name / variable
-        return None, (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1))
+        return None, _probas(logits, multi_label)
     chosen = _choose_backend(backend, logits, targets, pos_weight)
     elementwise = reduction == "none"
     if multi_label:
@@ -226,13 +226,19 @@ def _torch_multi_label(logits, targets, pos_weight, label_mask, elementwise):
             loss = loss.masked_fill(~label_mask, 0.0)
         if not elementwise:
             loss = loss.sum()
-    return loss, torch.sigmoid(logits)
+    return loss, _probas(logits, True)
+
+
+def _probas(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """sigmoid / softmax in the logits' dtype: CUDA autocast runs softmax in fp32 and would return fp32 where the
+    extension returns the logits' dtype."""
+    return (torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=-1)).to(logits.dtype)
 
 
 def _torch_single_label(logits, targets, ignore_index, label_smoothing, elementwise):
     loss = F.cross_entropy(logits.to(_accumulation_dtype(logits)), targets, ignore_index=ignore_index,
                            label_smoothing=label_smoothing, reduction="none" if elementwise else "sum")
-    return loss, torch.softmax(logits, dim=-1)
+    return loss, _probas(logits, False)
 
 
 # ------------------------------------------------------------------------------ extension: ops + autograd
