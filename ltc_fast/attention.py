@@ -19,6 +19,7 @@ kernel is ours, selected per call by what the model passes through the encoder's
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,23 @@ class DecoupledText:
         self.values: dict = {}
 
 
+# What both fused varlen kernels take: head sizes up to 256; torch's varlen_attn also needs a multiple of 8 (the
+# flash-attn package pads internally), so narrower heads are padded with zeros for it.
+MAX_FUSED_HEAD_SIZE = 256
+TORCH_VARLEN_HEAD_MULTIPLE = 8
+
+
+@functools.cache
+def torch_varlen_attn():
+    """`torch.nn.attention.varlen.varlen_attn` where this torch has it with the `scale=` keyword (torch 2.10 or
+    later), else None: then packed batches take the per-sequence loop, and `auto` does not pack."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn if "scale" in inspect.signature(varlen_attn).parameters else None
+
+
 @functools.cache
 def flash_attn_varlen():
     """`flash_attn.flash_attn_varlen_func` when the `flash-attn` package is installed (the `flash` extra);
@@ -81,24 +99,31 @@ def ltc_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     return output, None
 
 
-def fused_varlen_runs(device: torch.device, dtype: torch.dtype, dropout: float) -> bool:
-    """Whether packed attention gets a fused varlen kernel here: CUDA and fp16/bf16, and flash-attn
-    installed or no attention dropout (torch's varlen_attn has none). Elsewhere packed batches take an exact
-    per-sequence loop, slower than padded SDPA, so `sequence_packing="auto"` packs only where this holds."""
-    return (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-            and (flash_attn_varlen() is not None or dropout == 0.0))
+def fused_varlen_runs(device: torch.device, dtype: torch.dtype, dropout: float, head_size: int) -> bool:
+    """Whether packed attention gets a fused varlen kernel here: CUDA, fp16/bf16, heads of at most 256, and
+    flash-attn installed, or torch's varlen_attn (torch >= 2.10) and no attention dropout (it has none).
+    Elsewhere packed batches take an exact per-sequence loop, slower than padded SDPA, so
+    `sequence_packing="auto"` packs only where this holds."""
+    return (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and head_size <= MAX_FUSED_HEAD_SIZE
+            and (flash_attn_varlen() is not None or (torch_varlen_attn() is not None and dropout == 0.0)))
+
+
+def _pad_head_size(t: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero columns up to a multiple of `multiple`: q . k is unchanged, and the output's extra columns are 0."""
+    missing = -t.shape[-1] % multiple
+    return F.pad(t, (0, missing)) if missing else t
 
 
 def _varlen_attention(query, key, value, packed: PackedSequences, dropout, scaling):
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [total, heads, head_dim]
-    cu, max_len = packed.cu_seqlens, packed.max_seqlen
-    if fused_varlen_runs(q.device, q.dtype, dropout):
+    cu, max_len, head_size = packed.cu_seqlens, packed.max_seqlen, q.shape[-1]
+    if fused_varlen_runs(q.device, q.dtype, dropout, head_size):
         flash = flash_attn_varlen()
         if flash is not None:
             return flash(q, k, v, cu, cu, max_len, max_len, dropout_p=dropout, softmax_scale=scaling).unsqueeze(0)
-        from torch.nn.attention.varlen import varlen_attn
-
-        return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling).unsqueeze(0)
+        q, k, v = (_pad_head_size(t, TORCH_VARLEN_HEAD_MULTIPLE) for t in (q, k, v))
+        output = torch_varlen_attn()(q, k, v, cu, cu, max_len, max_len, scale=scaling)  # the scale of the real size
+        return output[..., :head_size].unsqueeze(0)
     # Per-sequence loop: exact on every device and dtype, still free of padding.
     bounds = cu.tolist()
     pieces = [

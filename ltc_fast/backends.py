@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention import flash_attn_varlen
+from .attention import flash_attn_varlen, torch_varlen_attn
 from .ops import dispatch, loss_extension, triton_support
 
 
@@ -31,8 +31,12 @@ def backends(device: torch.device | str | None = None) -> dict[str, str]:
         else:
             loss = f"torch (extension {status})"
     if device.type == "cuda":
-        packed = ("flash_attn_varlen_func (fp16/bf16)" if flash_attn_varlen() is not None else
-                  "torch varlen_attn (fp16/bf16 without attention dropout)")
+        if flash_attn_varlen() is not None:
+            packed = "flash_attn_varlen_func (fp16/bf16, heads <= 256)"
+        elif torch_varlen_attn() is not None:
+            packed = "torch varlen_attn (fp16/bf16, heads <= 256, without attention dropout)"
+        else:
+            packed = f"per-sequence SDPA (torch {torch.__version__} has no varlen_attn with scale=: 2.10 or later)"
         packed += "; auto packing only there, padded SDPA elsewhere"
     else:
         packed = "per-sequence SDPA (auto packing is off on the CPU)"

@@ -78,6 +78,11 @@ def attention_dropout(config: PretrainedConfig) -> float:
     return float(getattr(config, "attention_probs_dropout_prob", getattr(config, "attention_dropout", 0.0)))
 
 
+def attention_head_size(config: PretrainedConfig) -> int:
+    """The width of one attention head (configs map DistilBERT's dim / n_heads onto these names)."""
+    return config.hidden_size // config.num_attention_heads
+
+
 def max_sequence_length(config: PretrainedConfig) -> int:
     """How many tokens (labels and specials included) one sequence may hold under the default positions."""
     if encoder_spec(config).position_scheme == "after_padding_idx":

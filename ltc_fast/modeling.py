@@ -344,7 +344,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else self.dtype
         dropout = encoders.attention_dropout(self.config.encoder) if self.training else 0.0
         return (self._runs_ltc_attention() and not output_attentions and not output_hidden_states
-                and attention.fused_varlen_runs(attention_mask.device, dtype, dropout)
+                and attention.fused_varlen_runs(attention_mask.device, dtype, dropout,
+                                                encoders.attention_head_size(self.config.encoder))
                 and not bool(attention_mask.all()))
 
     def _runs_ltc_attention(self) -> bool:

@@ -98,22 +98,31 @@ def test_auto_packs_only_where_it_pays(monkeypatch):
     assert model.config.sequence_packing == "auto"
 
 
-@pytest.mark.parametrize("device,dtype,dropout,flash,expected", [
-    ("cuda", torch.bfloat16, 0.0, False, True),  # torch's varlen_attn
-    ("cuda", torch.float16, 0.1, True, True),  # flash-attn has dropout
-    ("cuda", torch.bfloat16, 0.1, False, False),  # varlen_attn has none: the per-sequence loop
-    ("cuda", torch.float32, 0.0, True, False),  # fused kernels are half precision only
-    ("cpu", torch.bfloat16, 0.0, True, False),
+@pytest.mark.parametrize("device,dtype,dropout,head_size,flash,torch_varlen,expected", [
+    ("cuda", torch.bfloat16, 0.0, 64, False, True, True),  # torch's varlen_attn
+    ("cuda", torch.bfloat16, 0.0, 12, False, True, True),  # a head of 12 is padded to 16 for varlen_attn
+    ("cuda", torch.bfloat16, 0.0, 64, False, False, False),  # torch < 2.10: no varlen_attn with scale=
+    ("cuda", torch.float16, 0.1, 64, True, True, True),  # flash-attn has dropout
+    ("cuda", torch.bfloat16, 0.1, 64, False, True, False),  # varlen_attn has none: the per-sequence loop
+    ("cuda", torch.bfloat16, 0.0, 320, True, True, False),  # heads over 256: neither kernel
+    ("cuda", torch.float32, 0.0, 64, True, True, False),  # fused kernels are half precision only
+    ("cpu", torch.bfloat16, 0.0, 64, True, True, False),
 ])
-def test_a_fused_varlen_kernel_runs_only_on_cuda_in_half_precision(monkeypatch, device, dtype, dropout, flash,
-                                                                     expected):
+def test_a_fused_varlen_kernel_runs_only_where_one_takes_the_call(monkeypatch, device, dtype, dropout, head_size,
+                                                                  flash, torch_varlen, expected):
     monkeypatch.setattr(attention, "flash_attn_varlen", lambda: object() if flash else None)
-    assert attention.fused_varlen_runs(torch.device(device), dtype, dropout) is expected
+    monkeypatch.setattr(attention, "torch_varlen_attn", lambda: object() if torch_varlen else None)
+    assert attention.fused_varlen_runs(torch.device(device), dtype, dropout, head_size) is expected
+
+
+def test_this_torch_has_varlen_attn_with_scale():
+    """torch >= 2.10 (the CI pin, and the GPU machine's 2.11) has it; older torch gets None and the loop."""
+    assert attention.torch_varlen_attn() is not None
 
 
 def test_auto_asks_about_the_attention_dtype_and_dropout_of_this_call(monkeypatch):
     """`auto` packs where the fused kernel runs for what attention will compute: the model's dtype (autocast's
-    when on), and the encoder's attention dropout in training only."""
+    when on), the encoder's attention dropout in training only, and its head size."""
     model = Model(ltc_fast.LtcConfig(encoder=encoder_config("bert", attention_probs_dropout_prob=0.25),
                                      num_labels=2))
     asked = []
@@ -121,7 +130,38 @@ def test_auto_asks_about_the_attention_dtype_and_dropout_of_this_call(monkeypatc
     ids, mask = text_batch(3, 8, 0)
     model.train()(ids, mask)
     model.eval()(ids, mask)
-    assert asked == [(torch.device("cpu"), torch.float32, 0.25), (torch.device("cpu"), torch.float32, 0.0)]
+    assert asked == [(torch.device("cpu"), torch.float32, 0.25, 12), (torch.device("cpu"), torch.float32, 0.0, 12)]
+
+
+def test_torch_varlen_attn_gets_heads_padded_to_a_multiple_of_8(monkeypatch):
+    """varlen_attn refuses head sizes that are not a multiple of 8 (the tiny test encoders have 12): the heads
+    are zero-padded for it, with the real size's scale, and the output cut back. Checked on the CPU with a
+    stand-in that enforces varlen_attn's contract and computes it exactly."""
+    received = []
+
+    def varlen_attn_contract(q, k, v, cu_q, cu_k, max_q, max_k, *, scale):
+        received.append(q.shape[-1])
+        assert q.shape[-1] % 8 == 0 and q.shape[-1] <= 256, q.shape
+        bounds = cu_q.tolist()
+        return torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            *(t[a:b].transpose(0, 1) for t in (q, k, v)), scale=scale).transpose(0, 1)
+            for a, b in zip(bounds[:-1], bounds[1:])])
+
+    lengths, heads, dim = [5, 1, 8], 3, 12
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v = (torch.randn(1, heads, sum(lengths), dim, requires_grad=True) for _ in range(3))
+    packed = attention.PackedSequences(cu, max(lengths))
+    want = attention._varlen_attention(q, k, v, packed, 0.0, 0.3)  # the exact per-sequence loop (CPU)
+    want_grads = torch.autograd.grad(want.square().sum(), (q, k, v))
+    monkeypatch.setattr(attention, "fused_varlen_runs", lambda *args: True)
+    monkeypatch.setattr(attention, "flash_attn_varlen", lambda: None)
+    monkeypatch.setattr(attention, "torch_varlen_attn", lambda: varlen_attn_contract)
+    got = attention._varlen_attention(q, k, v, packed, 0.0, 0.3)
+    got_grads = torch.autograd.grad(got.square().sum(), (q, k, v))
+    assert received == [16]
+    torch.testing.assert_close(got, want)
+    for got_grad, want_grad in zip(got_grads, want_grads):
+        torch.testing.assert_close(got_grad, want_grad)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
