@@ -57,12 +57,16 @@ def loss_extension():
         return [], cmdclass
 
     class OptionalBuildExtension(BuildExtension):
-        """A failed compile leaves a working pure-Python install (JIT or the torch path at run time)."""
+        """A failed compile leaves a working pure-Python install (JIT or the torch path at run time), unless
+        LTC_FAST_REQUIRE_EXTENSION is set: then it fails the build, nvcc's errors included."""
 
         def run(self):
             try:
                 super().run()
             except Exception as error:  # compiler missing or broken: warn, do not fail the install
+                if settings.required():
+                    raise RuntimeError(f"ltc_fast: building the loss extension failed and {settings.REQUIRE_ENV_VAR}="
+                                       f"{settings.required()} requires it: {type(error).__name__}: {error}") from error
                 warnings.warn(f"ltc_fast: not building the C++ loss extension ({type(error).__name__}: {error}); "
                               "ltc_fast will JIT-compile it on first use or use its PyTorch path")
 

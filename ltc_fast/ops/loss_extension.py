@@ -4,7 +4,8 @@ on first use, else none (a warning, once, and the plain-PyTorch path).
 Importing the compiled module registers the `torch.ops.ltc_fast_ext` ops (schemas and CPU kernels; CUDA kernels
 when it was built with nvcc). `extension_status()` says which path this process uses, e.g. `"prebuilt CPU"`,
 `"jit CPU+CUDA"` or `"unavailable: <reason>"`. Set `LTC_FAST_NO_EXTENSION_BUILD=1` to skip the JIT build (the
-prebuilt module is still used when present); `LTC_FAST_BACKEND=torch` ignores the extension altogether.
+prebuilt module is still used when present); `LTC_FAST_BACKEND=torch` ignores the extension altogether;
+`LTC_FAST_REQUIRE_EXTENSION=prebuilt` makes a failed `setup.py` build an error (CI, `make gpu-check`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 NO_BUILD_ENV_VAR = "LTC_FAST_NO_EXTENSION_BUILD"
+REQUIRE_ENV_VAR = "LTC_FAST_REQUIRE_EXTENSION"  # "prebuilt" (CI, gpu-check): setup.py must build it
 PREBUILT_MODULE = "ltc_fast._loss_ext"
 JIT_MODULE_NAME = "ltc_fast_loss_ext"
 OPS_NAMESPACE = "ltc_fast_ext"
@@ -31,6 +33,13 @@ CUDA_FLAGS = ["-O3"]
 def build_skipped() -> bool:
     """`LTC_FAST_NO_EXTENSION_BUILD=1`: neither setup.py nor the JIT build compiles the extension."""
     return os.environ.get(NO_BUILD_ENV_VAR, "").strip() not in ("", "0")
+
+
+def required() -> str:
+    """`LTC_FAST_REQUIRE_EXTENSION`: "" when not set (a failed build falls back to the JIT build or the PyTorch
+    path), else its value; then setup.py fails on a failed compile (CPU or CUDA) instead of warning."""
+    value = os.environ.get(REQUIRE_ENV_VAR, "").strip()
+    return "" if value == "0" else value
 
 
 def builds_cuda(cuda_home) -> bool:
