@@ -33,10 +33,12 @@ NAME = "ltc_fast"
 
 @dataclass
 class PackedSequences:
-    """Offsets of the sequences packed back to back in one `[1, total]` row (int32 `[B + 1]`)."""
+    """Offsets of the sequences packed back to back in one `[1, total]` row: int32 `[B + 1]` on the device, and
+    the same offsets on the host (read once per forward; the per-sequence loop slices with them in every layer)."""
 
     cu_seqlens: torch.Tensor
     max_seqlen: int
+    host_offsets: list[int]
 
 
 class DecoupledText:
@@ -125,7 +127,7 @@ def _varlen_attention(query, key, value, packed: PackedSequences, dropout, scali
         output = torch_varlen_attn()(q, k, v, cu, cu, max_len, max_len, scale=scaling)  # the scale of the real size
         return output[..., :head_size].unsqueeze(0)
     # Per-sequence loop: exact on every device and dtype, still free of padding.
-    bounds = cu.tolist()
+    bounds = packed.host_offsets
     pieces = [
         F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout,
                                        scale=scaling)
@@ -147,10 +149,18 @@ def _labels_attend_text(module, query, key, value, text: DecoupledText, dropout,
     return output.transpose(1, 2)
 
 
+def sdpa_mask_without_sync(*args, allow_is_bidirectional_skip: bool = False, attention_mask=None, **kwargs):
+    """SDPA's masks for padded calls. transformers drops a padding mask that holds no padding, which it finds by
+    reading the mask (`.all()`: a host sync every forward); here it is dropped only where no mask was given,
+    which the model knows without reading anything."""
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs,
+                     allow_is_bidirectional_skip=allow_is_bidirectional_skip and attention_mask is None)
+
+
 def register() -> None:
     """Make `attn_implementation="ltc_fast"` known to transformers (idempotent)."""
     AttentionInterface.register(NAME, ltc_attention_forward)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # padded calls get SDPA's masks
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask_without_sync)
 
 
 register()

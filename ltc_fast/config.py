@@ -22,7 +22,7 @@ SEQUENCE_PACKING = ("auto", "packed", "padded")
 NEGATIVE_SAMPLING = ("uniform", "score")
 # Options that choose how the model runs rather than what it learned; from_pretrained accepts them.
 EXECUTION_OPTIONS = ("label_positions", "label_attention", "label_chunk_size", "sampled_negatives",
-                     "negative_sampling", "sequence_packing", "ops_backend")
+                     "negative_sampling", "sequence_packing", "ops_backend", "check_inputs")
 # "auto": each op's fast kernel where it applies (Triton on CUDA, the C++ loss extension when built);
 # "torch": the plain-PyTorch twins everywhere (also forced by LTC_FAST_BACKEND=torch).
 OPS_BACKENDS = ("auto", "torch")
@@ -88,6 +88,10 @@ class LtcConfig(PretrainedConfig):
     `num_labels` follows from it. `hidden_layer` is resolved at construction: the encoder config keeps only
     the layers up to the chosen one, so a saved model reloads with the same depth. `label_thresholds`
     (optional, one per label) are the multi-label decision thresholds prediction uses by default.
+    `check_inputs` (default True): forward checks the values of `input_ids` and `labels` and recognises
+    reference-format ids, reading them once per call (one host sync on a GPU); False skips that read, and
+    then `input_ids` must be plain text ids in the vocabulary and `labels` valid (out-of-range ids give NaN
+    embeddings on the Triton path, a device assert on the torch path).
     """
 
     model_type = "ltc_fast"
@@ -109,6 +113,7 @@ class LtcConfig(PretrainedConfig):
         sampled_negatives: int | None = None,
         negative_sampling: str = "uniform",
         label_thresholds: list[float] | None = None,
+        check_inputs: bool = True,
         **kwargs,
     ):
         if isinstance(encoder, dict):
@@ -154,8 +159,13 @@ class LtcConfig(PretrainedConfig):
             raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING}, got {negative_sampling!r}")
         if ops_backend not in OPS_BACKENDS:
             raise ValueError(f"ops_backend must be one of {OPS_BACKENDS}, got {ops_backend!r}")
+        if not isinstance(check_inputs, bool):
+            raise ValueError(f"check_inputs must be True or False, got {check_inputs!r}")
         self.label_init = label_init
         self.ops_backend = ops_backend
+        # True: forward reads the values of input_ids / labels once per call (a host sync on a GPU) for clear
+        # errors and to recognise reference-format ids; False: no sync, input_ids must be plain text ids.
+        self.check_inputs = check_inputs
         self.sequence_packing = sequence_packing
         self.label_chunk_size = label_chunk_size
         self.sampled_negatives = sampled_negatives

@@ -78,21 +78,37 @@ class Packing:
 
     rows: torch.Tensor  # [total]: flat index into [B * S] of each real token, in order
     cu_seqlens: torch.Tensor  # int32 [B + 1]: where each sequence starts in the packed row
+    host_offsets: list[int]  # cu_seqlens on the host
     max_seqlen: int
+    text_rows: torch.Tensor  # [total - B * N]: flat index into the [B, T] text ids of each real text token
     text_cu_seqlens: torch.Tensor  # int64 [B + 1]: the same offsets without the label rows (packed text ids)
     label_rows: torch.Tensor  # [B, N]: packed row of label i of sequence b
 
 
 def pack(attention_mask: torch.Tensor, num_labels: int) -> Packing:
-    """Packing of a `[B, S]` mask whose label slots sit at LABEL_START..LABEL_START + N - 1 (always real)."""
+    """Packing of a `[B, T + N]` mask whose label slots sit at LABEL_START..LABEL_START + N - 1 (always real).
+
+    One host read, of the B + 1 offsets: the packed sizes are data, and the kernels want the longest sequence
+    as a host int. The real rows are then gathered with `nonzero_static`, which needs no second read."""
     real = attention_mask.bool()
     lengths = real.sum(dim=1)
     cu_seqlens = torch.zeros(lengths.shape[0] + 1, dtype=torch.int32, device=attention_mask.device)
     cu_seqlens[1:] = torch.cumsum(lengths, 0)
-    sequence_index = torch.arange(lengths.shape[0] + 1, device=attention_mask.device)
+    host_offsets = cu_seqlens.tolist()  # the packed path's one host sync
+    total = host_offsets[-1]
+    batch = lengths.shape[0]
+    sequence_index = torch.arange(batch + 1, device=attention_mask.device)
     text_cu_seqlens = cu_seqlens.long() - sequence_index * num_labels
-    return Packing(real.reshape(-1).nonzero().squeeze(1), cu_seqlens, int(lengths.max()) if lengths.numel() else 0,
-                   text_cu_seqlens, packed_label_rows(text_cu_seqlens, num_labels))
+    text_real = torch.cat([real[:, :LABEL_START], real[:, LABEL_START + num_labels:]], dim=1)
+    return Packing(
+        rows=torch.nonzero_static(real.reshape(-1), size=total).squeeze(1),
+        cu_seqlens=cu_seqlens,
+        host_offsets=host_offsets,
+        max_seqlen=max((b - a for a, b in zip(host_offsets, host_offsets[1:])), default=0),
+        text_rows=torch.nonzero_static(text_real.reshape(-1), size=total - batch * num_labels).squeeze(1),
+        text_cu_seqlens=text_cu_seqlens,
+        label_rows=packed_label_rows(text_cu_seqlens, num_labels),
+    )
 
 
 def unpack(packed: torch.Tensor, packing: Packing, batch: int, seq_len: int) -> torch.Tensor:

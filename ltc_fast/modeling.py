@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput
 
 from . import attention, checkpoints, encoders, layout, ops, sampling
 from .config import EXECUTION_OPTIONS, MULTI_LABEL, LtcConfig, normalize_problem_type, resolve_label_names
-from .targets import prepare_targets
+from .targets import check_target_values, invalid_targets, prepare_targets
 
 _LAYER_INDEX = re.compile(r"^transformer\.(?:encoder|transformer)\.layer\.(\d+)\.")
 
@@ -253,10 +253,11 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         `subset` (decoupled mode): score only these labels (`[n]` distinct label ids); their logits equal the
         same labels' logits of a full pass. (Not named `label_*`: transformers' Trainer would take any forward
         argument with "label" in its name for a target.)"""
-        text_ids, attention_mask, token_type_ids = self._text_inputs(input_ids, attention_mask, token_type_ids)
+        self._check_input_shapes(input_ids, attention_mask, token_type_ids)
         targets = None
         if labels is not None:
-            targets = prepare_targets(labels, self.config.problem_type, text_ids.shape[0], self.num_labels)
+            targets = prepare_targets(labels, self.config.problem_type, input_ids.shape[0], self.num_labels)
+        text_ids, attention_mask, token_type_ids = self._text_inputs(input_ids, attention_mask, token_type_ids, labels)
         decoupled = self.config.label_attention == "decoupled"
         label_ids = self._check_subset(subset, decoupled, text_ids.device)
         if decoupled and label_ids is None and self.training and targets is not None and self.config.sampled_negatives:
@@ -284,6 +285,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             multi_label=self.config.problem_type == MULTI_LABEL,
             num_items_in_batch=num_items_in_batch,
             backend=self.config.ops_backend,
+            check_values=False,  # the targets' values were checked with the inputs' (check_inputs)
         )
         return LabelTokenClassifierOutput(
             loss=loss,
@@ -306,6 +308,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             training=self.training,
             backend=self.config.ops_backend,
             label_rows=label_rows,
+            check_values=False,  # the model built the label rows
         )
 
     # ------------------------------------------------------------------ full attention (the reference's)
@@ -317,14 +320,17 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                                        output_hidden_states=output_hidden_states, output_attentions=output_attentions)
             return self._head(encoded.last_hidden_state), encoded
         # Packed: the real tokens of every sequence back to back in one row, offsets in cu_seqlens.
-        batch, seq_len = inputs["attention_mask"].shape
-        packing = layout.pack(inputs.pop("attention_mask"), self.num_labels)
+        mask = inputs.pop("attention_mask")
+        if mask is None:  # packing forced on a batch given without a mask: nothing is padded
+            mask = torch.ones_like(inputs["position_ids"])
+        batch, seq_len = mask.shape
+        packing = layout.pack(mask, self.num_labels)
         packed = {name: value.reshape(-1)[packing.rows].unsqueeze(0) for name, value in inputs.items()}
-        packed["inputs_embeds"] = self._embed(text_ids[attention_mask.bool()],
+        packed["inputs_embeds"] = self._embed(text_ids.reshape(-1)[packing.text_rows],
                                               cu_seqlens=packing.text_cu_seqlens).unsqueeze(0)
         encoded = self.transformer(
             **packed, output_hidden_states=output_hidden_states, return_dict=True,
-            ltc_packed=attention.PackedSequences(packing.cu_seqlens, packing.max_seqlen),
+            ltc_packed=attention.PackedSequences(packing.cu_seqlens, packing.max_seqlen, packing.host_offsets),
         )
         logits = self._head(encoded.last_hidden_state[0], packing.label_rows)
         if output_hidden_states:
@@ -340,13 +346,14 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             self._check_attention_backend("sequence_packing='packed'", output_attentions)
             return True
         # auto: where a fused varlen kernel runs (the attention's compute dtype is autocast's when it is on),
-        # and the batch has padding to drop
+        # and a mask was given (without one nothing is padded; with one, reading whether it pads anything would
+        # be a host sync of its own: the packing reads the offsets anyway)
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else self.dtype
         dropout = encoders.attention_dropout(self.config.encoder) if self.training else 0.0
-        return (self._runs_ltc_attention() and not output_attentions and not output_hidden_states
+        return (attention_mask is not None and self._runs_ltc_attention() and not output_attentions
+                and not output_hidden_states
                 and attention.fused_varlen_runs(attention_mask.device, dtype, dropout,
-                                                encoders.attention_head_size(self.config.encoder))
-                and not bool(attention_mask.all()))
+                                                encoders.attention_head_size(self.config.encoder)))
 
     def _runs_ltc_attention(self) -> bool:
         return self.transformer.config._attn_implementation == attention.NAME
@@ -373,7 +380,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         spec = encoders.encoder_spec(self.config.encoder)
         pad = self.config.encoder.pad_token_id
         self._check_length(text_ids.shape[1])
-        text = attention.DecoupledText(key_padding=attention_mask.bool())
+        key_padding = torch.ones_like(text_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        text = attention.DecoupledText(key_padding=key_padding)
         text_inputs = {"input_ids": text_ids, "attention_mask": attention_mask,
                        "position_ids": layout.text_position_ids(text_ids, spec.position_scheme, pad)}
         if spec.takes_token_type_ids:
@@ -434,8 +442,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         self.negative_sampling_scores = scores
 
     # ------------------------------------------------------------------ inputs
-    def _text_inputs(self, input_ids, attention_mask, token_type_ids):
-        """Validate the inputs and return plain text ids, mask and token types `[B, T]`."""
+    @staticmethod
+    def _check_input_shapes(input_ids, attention_mask, token_type_ids) -> None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
             got = f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise ValueError(f"input_ids must be an integer tensor of shape [batch_size, seq_len], got {got}")
@@ -443,14 +451,29 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             if tensor is not None and tensor.shape != input_ids.shape:
                 raise ValueError(f"{name} must have the shape of input_ids {list(input_ids.shape)}, "
                                  f"got {list(tensor.shape)}")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+
+    def _text_inputs(self, input_ids, attention_mask, token_type_ids, labels):
+        """Plain text ids, mask (None: nothing padded) and token types `[B, T]`. With `check_inputs` (and outside
+        torch.compile) the values of input_ids and labels are read once, in one host sync for the whole forward:
+        reference-format ids are recognised and their label block stripped, bad values are a clear error."""
+        if not self.config.check_inputs or torch.compiler.is_compiling():
+            return input_ids, attention_mask, token_type_ids
         vocab_size = self.transformer.get_input_embeddings().num_embeddings
-        if (input_ids >= vocab_size).any():
+        flags = [(input_ids >= vocab_size).any(), (input_ids < 0).any()]
+        if labels is not None:
+            flags.append(invalid_targets(labels, self.config.problem_type, self.num_labels))
+        label_ids_seen, negative_ids, *bad_labels = torch.stack(flags).tolist()  # the forward's one host read
+        if any(bad_labels):
+            check_target_values(labels, self.config.problem_type, self.num_labels)
+        if negative_ids:
+            raise ValueError(f"input_ids must be token ids in [0, {vocab_size}), got values from "
+                             f"{int(input_ids.min())} to {int(input_ids.max())}")
+        if label_ids_seen:
             label_block = slice(layout.LABEL_START, layout.LABEL_START + self.num_labels)
             input_ids = layout.label_block_to_text_ids(input_ids, self.num_labels, vocab_size)
-            keep = [i for i in range(attention_mask.shape[1]) if not label_block.start <= i < label_block.stop]
-            attention_mask = attention_mask[:, keep]
+            keep = [i for i in range(input_ids.shape[1] + self.num_labels)
+                    if not label_block.start <= i < label_block.stop]
+            attention_mask = None if attention_mask is None else attention_mask[:, keep]
             token_type_ids = None if token_type_ids is None else token_type_ids[:, keep]
         return input_ids, attention_mask, token_type_ids
 
@@ -484,7 +507,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         words = self.transformer.get_input_embeddings()
         return ops.inject_label_embeddings(text_ids, words.weight, self.label_embeddings.weight,
                                            padding_idx=words.padding_idx, backend=self.config.ops_backend,
-                                           cu_seqlens=cu_seqlens)
+                                           cu_seqlens=cu_seqlens,
+                                           check_values=False)  # ids checked in _text_inputs, offsets built here
 
     def _layout_inputs(self, text_ids, attention_mask, token_type_ids) -> dict:
         """Attention mask, position ids and token types `[B, T + N]` of the label-token sequence."""
@@ -493,7 +517,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         position_ids = (layout.reference_position_ids if self.config.label_positions == "reference"
                         else layout.shared_position_ids)
         inputs = {
-            "attention_mask": layout.insert_label_slots(attention_mask, self.num_labels, 1),
+            "attention_mask": None if attention_mask is None else layout.insert_label_slots(attention_mask,
+                                                                                            self.num_labels, 1),
             "position_ids": position_ids(text_ids, self.num_labels, spec.position_scheme, encoder_config.pad_token_id),
         }
         if spec.takes_token_type_ids:

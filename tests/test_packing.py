@@ -150,7 +150,7 @@ def test_torch_varlen_attn_gets_heads_padded_to_a_multiple_of_8(monkeypatch):
     lengths, heads, dim = [5, 1, 8], 3, 12
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     q, k, v = (torch.randn(1, heads, sum(lengths), dim, requires_grad=True) for _ in range(3))
-    packed = attention.PackedSequences(cu, max(lengths))
+    packed = attention.PackedSequences(cu, max(lengths), cu.tolist())
     want = attention._varlen_attention(q, k, v, packed, 0.0, 0.3)  # the exact per-sequence loop (CPU)
     want_grads = torch.autograd.grad(want.square().sum(), (q, k, v))
     monkeypatch.setattr(attention, "fused_varlen_runs", lambda *args: True)
@@ -171,7 +171,7 @@ def test_varlen_attention_equals_masked_sdpa(dtype):
     heads, dim = 3, 7
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     q, k, v = (torch.randn(1, heads, sum(lengths), dim, dtype=dtype) for _ in range(3))
-    got = attention._varlen_attention(q, k, v, attention.PackedSequences(cu, max(lengths)), 0.0, dim ** -0.5)
+    got = attention._varlen_attention(q, k, v, attention.PackedSequences(cu, max(lengths), cu.tolist()), 0.0, dim ** -0.5)
     assert got.shape == (1, sum(lengths), heads, dim)
     for b, (start, length) in enumerate(zip(cu.tolist(), lengths)):
         pad = max(lengths) - length

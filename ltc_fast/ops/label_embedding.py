@@ -73,7 +73,7 @@ if triton is not None:
     @triton.jit(do_not_specialize=_PER_CALL_INTS)
     def _inject_forward_kernel(
         text_ids_ptr, cu_seqlens_ptr, word_ptr, label_ptr, out_ptr,
-        total_rows, num_seqs, num_labels, text_len, width,
+        total_rows, num_seqs, num_labels, text_len, width, num_words,
         word_stride, label_stride,
         PACKED: tl.constexpr, SEARCH_STEPS: tl.constexpr,
         BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
@@ -92,10 +92,13 @@ if triton is not None:
         is_label = (position >= _LABEL_START) & (position < _LABEL_START + num_labels)
         text_index = text_start + tl.where(position < _LABEL_START, position, position - num_labels)
         word_id = tl.load(text_ids_ptr + text_index, mask=row_ok & ~is_label, other=0).to(tl.int64)
+        # An id outside the table (unchecked input: check_values=False, torch.compile) reads nothing and gives
+        # a NaN row, which shows in the logits, rather than another row or memory past the table.
+        id_ok = (word_id >= 0) & (word_id < num_words)
         label_id = position - _LABEL_START
         both_ok = row_ok[:, None] & col_ok[None, :]
         word_row = tl.load(word_ptr + word_id[:, None] * word_stride + cols[None, :],
-                           mask=both_ok & ~is_label[:, None], other=0.0)
+                           mask=both_ok & (~is_label & id_ok)[:, None], other=float("nan"))
         label_row = tl.load(label_ptr + label_id[:, None] * label_stride + cols[None, :],
                             mask=both_ok & is_label[:, None], other=0.0)
         tl.store(out_ptr + rows[:, None] * width + cols[None, :],
@@ -172,7 +175,7 @@ def inject_forward_triton(text_ids, cu_seqlens, word_embeddings, label_embedding
     with launch_guard(out):
         _inject_forward_kernel[grid](
             text_ids, text_ids if cu_seqlens is None else cu_seqlens, word_embeddings, label_embeddings, out,
-            total_rows, batch, num_labels, text_ids.shape[-1], width,
+            total_rows, batch, num_labels, text_ids.shape[-1], width, word_embeddings.shape[0],
             word_embeddings.stride(0), label_embeddings.stride(0),
             PACKED=cu_seqlens is not None,
             # halvings of the packed search; 0 when padded (one variant whatever the batch size)
@@ -263,8 +266,9 @@ _inject_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------------------------------ public function
-def _validate(text_ids, word_embeddings, label_embeddings, padding_idx, cu_seqlens) -> None:
-    """Shapes, dtypes and devices; and, outside torch.compile, the values (ids in range, offsets)."""
+def _validate(text_ids, word_embeddings, label_embeddings, padding_idx, cu_seqlens, check_values) -> None:
+    """Shapes, dtypes and devices; and, when `check_values` and outside torch.compile, the values (ids in range,
+    offsets), which costs a host sync."""
     if not isinstance(text_ids, torch.Tensor) or text_ids.is_floating_point() or text_ids.is_complex():
         raise ValueError(f"text_ids must be an integer tensor, got "
                          f"{text_ids.dtype if isinstance(text_ids, torch.Tensor) else type(text_ids).__name__}")
@@ -292,7 +296,7 @@ def _validate(text_ids, word_embeddings, label_embeddings, padding_idx, cu_seqle
                 or cu_seqlens.device != text_ids.device):
             raise ValueError(f"cu_seqlens must be int32 or int64 [batch_size + 1] on {text_ids.device}, got "
                              f"{cu_seqlens.dtype} shape {list(cu_seqlens.shape)} on {cu_seqlens.device}")
-    if torch.compiler.is_compiling():
+    if not check_values or torch.compiler.is_compiling():
         return  # value checks need the data on the host: not inside a compiled graph
     bad_ids = ((text_ids < 0) | (text_ids >= num_words)).any()
     if bool(bad_ids):
@@ -314,6 +318,7 @@ def inject_label_embeddings(
     backend: str | None = None,
     *,
     cu_seqlens: torch.Tensor | None = None,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Text ids -> encoder input embeddings with the N label rows after [CLS].
 
@@ -322,8 +327,10 @@ def inject_label_embeddings(
     `ltc_fast.layout`). Equal to the reference's `word_embeddings(input_ids)` on its label-token ids,
     including no gradient to the padding row (`padding_idx`), but without a `[V + N, E]` table or label ids
     in the input. The backward is deterministic on every backend. `backend`: see `ltc_fast.ops.dispatch`.
+    `check_values=False` skips the checks that read `text_ids` and `cu_seqlens` (a host sync on a GPU), for
+    callers that built or checked them; an id outside the table then gives a NaN row on the Triton path.
     """
-    _validate(text_ids, word_embeddings, label_embeddings, padding_idx, cu_seqlens)
+    _validate(text_ids, word_embeddings, label_embeddings, padding_idx, cu_seqlens, check_values)
     applies, why_not = triton_applies(backend, text_ids, word_embeddings, label_embeddings)
     if resolve_backend(OP, backend, FAST, applies, why_not) == FAST:
         if padding_idx is not None and padding_idx < 0:

@@ -284,8 +284,9 @@ _head_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ------------------------------------------------------------------------------------------ public function
-def _validate(hidden_states, weight, bias, num_labels, dropout_p, label_rows) -> None:
-    """Shapes, dtypes and devices; and, outside torch.compile, the values of `label_rows`."""
+def _validate(hidden_states, weight, bias, num_labels, dropout_p, label_rows, check_values) -> None:
+    """Shapes, dtypes and devices; and, when `check_values` and outside torch.compile, the values of
+    `label_rows` (a host sync)."""
     if not isinstance(hidden_states, torch.Tensor) or not hidden_states.is_floating_point():
         raise ValueError("hidden_states must be a floating-point tensor")
     if not isinstance(num_labels, int) or num_labels < 1:
@@ -313,7 +314,7 @@ def _validate(hidden_states, weight, bias, num_labels, dropout_p, label_rows) ->
                          f"({hidden_states.device})")
     if not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
-    if label_rows is not None and not torch.compiler.is_compiling():
+    if label_rows is not None and check_values and not torch.compiler.is_compiling():
         total = hidden_states.shape[0]
         if label_rows.numel() and bool(((label_rows < 0) | (label_rows >= total)).any()):
             raise ValueError(f"label_rows must index rows of hidden_states [0, {total}); got values from "
@@ -330,15 +331,17 @@ def label_head_logits(
     backend: str | None = None,
     *,
     label_rows: torch.Tensor | None = None,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """`logits[b, i] = weight . dropout(h(b, i)) + bias`, shape `[B, N]`, in hidden_states' dtype (autocast's,
     under autocast, as `F.linear`'s).
 
     `h(b, i)` is `hidden_states[b, LABEL_START + i]` (padded `[B, S, H]`) or `hidden_states[label_rows[b, i]]`
     (packed `[total, H]`; the rows must be distinct). The reference projects all `S` positions and slices
-    afterwards; only the N label states matter. `backend`: see `ltc_fast.ops.dispatch`.
+    afterwards; only the N label states matter. `backend`: see `ltc_fast.ops.dispatch`. `check_values=False`
+    skips reading `label_rows` back to check its range (a host sync on a GPU), for callers that built them.
     """
-    _validate(hidden_states, weight, bias, num_labels, dropout_p, label_rows)
+    _validate(hidden_states, weight, bias, num_labels, dropout_p, label_rows, check_values)
     device_type = hidden_states.device.type
     if torch.is_autocast_enabled(device_type):
         # What F.linear does under autocast, done before either backend runs so that both compute in, and

@@ -37,6 +37,7 @@ def label_loss_and_probas(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     reduction: str = "mean",
+    check_values: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Return `(loss, probas)`; `loss` is None when `targets` is None.
 
@@ -59,15 +60,18 @@ def label_loss_and_probas(
     Losses are float32 (float64 for float64 logits) whatever the logits' dtype, accumulated in that precision;
     probas have the logits' dtype. `backend`: `"auto"`, `"torch"` or `"extension"`, see `ltc_fast.ops.dispatch`;
     `"auto"` takes the extension when it is loaded for the logits' device and dtype.
-    Raises ValueError, naming the argument, for bad input before any kernel runs.
+    Raises ValueError, naming the argument, for bad input before any kernel runs. `check_values=False` skips
+    the checks that read the data (class ids in range, a 0/1 mask: a host sync on a GPU), for callers that
+    checked it themselves.
     """
     _check_logits(logits)
     if targets is not None:
         if multi_label:
             targets, pos_weight, label_mask = _checked_multi_label(logits, targets, pos_weight, label_mask,
-                                                                   label_smoothing, ignore_index)
+                                                                   label_smoothing, ignore_index, check_values)
         else:
-            _check_single_label(logits, targets, pos_weight, label_mask, ignore_index, label_smoothing)
+            _check_single_label(logits, targets, pos_weight, label_mask, ignore_index, label_smoothing,
+                                check_values)
         _check_reduction(reduction, num_items_in_batch)
     if targets is None:
         # Probabilities alone are one torch kernel already; nothing to fuse, so the extension is not even
@@ -104,9 +108,9 @@ def _describe(tensor) -> str:
     return f"{tensor.dtype} {list(tensor.shape)} on {tensor.device}"
 
 
-def _data_checks_allowed() -> bool:
-    """Value checks (class ids in range, 0/1 masks) read the data; under torch.compile they would break the
-    graph, so they run in eager mode only. There an out-of-range class id still never passes silently: the CPU
+def _data_checks_allowed(check_values: bool) -> bool:
+    """Value checks (class ids in range, 0/1 masks) read the data: a host sync, skipped when the caller says it
+    checked them; under torch.compile they would break the graph, so they run in eager mode only. There an out-of-range class id still never passes silently: the CPU
     kernel raises, the CUDA kernel gives that row a NaN loss and NaN gradients (a device assert would kill the
     CUDA context), and torch's twin raises on the CPU and device-asserts on CUDA."""
     return not torch.compiler.is_compiling()
@@ -128,7 +132,7 @@ def _accumulation_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
-def _checked_multi_label(logits, targets, pos_weight, label_mask, label_smoothing, ignore_index):
+def _checked_multi_label(logits, targets, pos_weight, label_mask, label_smoothing, ignore_index, check_values):
     """Validate the multi-label inputs; return targets and pos_weight in the accumulation dtype and the mask as
     bool (no copy where they already are)."""
     if not isinstance(targets, torch.Tensor) or targets.shape != logits.shape or not targets.is_floating_point():
@@ -158,14 +162,15 @@ def _checked_multi_label(logits, targets, pos_weight, label_mask, label_smoothin
         if label_mask.dtype != torch.bool:
             if label_mask.is_complex():
                 raise ValueError(f"label_mask must be bool or 0/1 values, got {_describe(label_mask)}")
-            if _data_checks_allowed() and ((label_mask != 0) & (label_mask != 1)).any():
+            if _data_checks_allowed(check_values) and ((label_mask != 0) & (label_mask != 1)).any():
                 raise ValueError(f"label_mask must be bool or hold only 0 and 1, got values "
                                  f"{torch.unique(label_mask).tolist()[:8]}")
             label_mask = label_mask != 0
     return targets.to(acc), pos_weight, label_mask
 
 
-def _check_single_label(logits, targets, pos_weight, label_mask, ignore_index, label_smoothing) -> None:
+def _check_single_label(logits, targets, pos_weight, label_mask, ignore_index, label_smoothing,
+                        check_values) -> None:
     batch, num_labels = logits.shape
     if (not isinstance(targets, torch.Tensor) or targets.shape != (batch,) or targets.is_floating_point()
             or targets.is_complex() or targets.dtype == torch.bool):
@@ -179,7 +184,7 @@ def _check_single_label(logits, targets, pos_weight, label_mask, ignore_index, l
         raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
     if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
-    if _data_checks_allowed():
+    if _data_checks_allowed(check_values):
         bad = (targets != ignore_index) & ((targets < 0) | (targets >= num_labels))
         if bad.any():
             row = int(bad.nonzero()[0, 0])
