@@ -144,6 +144,21 @@ def test_forcing_triton_on_cpu_tensors_without_the_interpreter_is_refused(monkey
         emb.inject_label_embeddings(ids, torch.randn(VOCAB, 8), torch.randn(2, 8), backend="triton")
 
 
+@needs_triton
+@pytest.mark.parametrize("bad_id", [-1, VOCAB, 10**9])
+def test_unchecked_out_of_table_ids_give_nan_rows_not_other_memory(bad_id):
+    """check_values=False (a caller that checked the ids, or torch.compile) skips the host read; an id outside
+    the table must then neither read another row nor memory past the table: its row is NaN, the rest exact."""
+    words, labels = torch.randn(VOCAB, 8, device=OP_DEVICE), torch.randn(2, 8, device=OP_DEVICE)
+    ids = torch.tensor([[0, 5, bad_id, 7]], device=OP_DEVICE)
+    out = emb.inject_label_embeddings(ids, words, labels, backend="triton", check_values=False)
+    good = emb.inject_label_embeddings(ids.clamp(0, VOCAB - 1), words, labels, backend="torch")
+    bad_row = 2 + labels.shape[0]  # [CLS], the two label rows, then the text
+    assert out[0, bad_row].isnan().all()
+    keep = [row for row in range(out.shape[1]) if row != bad_row]
+    torch.testing.assert_close(out[:, keep], good[:, keep], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("change,message", [
     (dict(ids=torch.tensor([[0, 1, VOCAB]])), r"text_ids must lie in \[0, 37\).*0 to 37"),
