@@ -28,4 +28,13 @@ demo: $(STAMP)
 	$(PY) -m ltc_fast.demo
 
 clean:
-	rm -rf $(VENV) demo_output build *.egg-info ltc_fast/_loss_ext*.so
+	rm -rf $(VENV) demo_output gpu-check-out build *.egg-info ltc_fast/_loss_ext*.so
+
+# On a CUDA machine: build the loss extension in place, run the GPU and kernel tests and every bench with the
+# machine's own python and torch (no .venv, nothing downloaded); results in $(OUT). See docs/gpu-check.md.
+# `=`, not `?=`: an OUT in the environment (the device runner sets one) must not redirect it; `make OUT=...` does.
+OUT = gpu-check-out
+GPU_CHECK_ARGS ?=
+.PHONY: gpu-check
+gpu-check:
+	$(PYTHON) -m bench.gpu_check --out $(OUT) $(GPU_CHECK_ARGS)

@@ -83,10 +83,13 @@ def bench_session(request) -> BenchSession:
     return session
 
 
-def _results_path(meta) -> Path:
+def _results_path(meta, records) -> Path:
+    """One name per device, date, commit and kind of session: an op-bench session ("-ops") and an end-to-end
+    one run at the same commit (as `make gpu-check` does) must not overwrite each other."""
     device = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")[:40]
     date = datetime.date.today().isoformat()
-    return RESULTS_DIR / f"{device}-{date}-{(meta['commit'] or 'nocommit')[:8]}.json"
+    kind = "-ops" if all("op" in record for record in records) else ""
+    return RESULTS_DIR / f"{device}-{date}-{(meta['commit'] or 'nocommit')[:8]}{kind}.json"
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -96,7 +99,7 @@ def pytest_sessionfinish(session, exitstatus):
     meta = provenance()
     meta["bf16_matmul_peak_tflops"] = None if bench.peak_flops is None else bench.peak_flops / 1e12
     meta["copy_bandwidth_gbps"] = bench._copy_gbps
-    path = _results_path(meta)
+    path = _results_path(meta, bench.records)
     RESULTS_DIR.mkdir(exist_ok=True)
     path.write_text(json.dumps({"provenance": meta, "records": bench.records}, indent=1))
     session.config._ltc_results_path = path

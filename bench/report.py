@@ -29,7 +29,8 @@ def replace_readme_section(name: str, text: str, readme: Path = README) -> None:
 
 
 def newest_results() -> Path:
-    files = sorted((p for p in RESULTS_DIR.glob("*.json") if not p.name.startswith(("accuracy-", "large-labels-"))),
+    files = sorted((p for p in RESULTS_DIR.glob("*.json") if not p.name.startswith(("accuracy-", "large-labels-"))
+                    and not p.stem.endswith("-ops")),  # op-bench sessions have no end-to-end records
                    key=lambda p: p.stat().st_mtime)
     if not files:
         raise SystemExit(f"no results in {RESULTS_DIR}: run `pytest bench/ --benchmark` first")
