@@ -81,6 +81,31 @@ def validate_label_thresholds(thresholds, num_labels: int) -> list[float] | None
     return thresholds
 
 
+def encoder_label_options(encoder_config: PretrainedConfig) -> dict:
+    """The labels an encoder config carries, read as transformers' sequence classifiers read them: `label_names`
+    (from `id2label`; `num_labels` alone where the names are transformers' placeholders LABEL_i) and
+    `problem_type`. {} for transformers' default of two placeholder labels and no problem type, which says
+    nothing about the labels."""
+    count = encoder_config.num_labels
+    names = [encoder_config.id2label[i] for i in range(count)]
+    problem_type = getattr(encoder_config, "problem_type", None)
+    placeholders = names == [f"LABEL_{i}" for i in range(count)]
+    if placeholders and count == 2 and problem_type is None:
+        return {}
+    options = {"num_labels": count} if placeholders else {"label_names": names}
+    return {**options, **({"problem_type": problem_type} if problem_type is not None else {})}
+
+
+def with_encoder_labels(encoder_config: PretrainedConfig, num_labels, label_names, problem_type):
+    """(num_labels, label_names, problem_type): the encoder config's own labels where the caller gave none,
+    its problem type where the caller gave none."""
+    if num_labels is None and label_names is None:
+        carried = encoder_label_options(encoder_config)
+        num_labels, label_names = carried.get("num_labels"), carried.get("label_names")
+        problem_type = problem_type if problem_type is not None else carried.get("problem_type")
+    return num_labels, label_names, problem_type
+
+
 class LtcConfig(PretrainedConfig):
     """Config of `AutoModelForTokenSequenceClassification`.
 
@@ -124,6 +149,11 @@ class LtcConfig(PretrainedConfig):
             hidden_layer = _truncate_to_hidden_layer(encoder, hidden_layer)
         self.encoder = encoder
         num_labels = kwargs.pop("num_labels", None)
+        if encoder is not None and "id2label" not in kwargs:
+            # An encoder config built the way transformers' classifiers are (num_labels / id2label and
+            # problem_type on it), as the reference takes it: its labels are the model's.
+            num_labels, label_names, problem_type = with_encoder_labels(encoder, num_labels, label_names,
+                                                                        problem_type)
         if label_names is not None or num_labels is not None:
             names = resolve_label_names(num_labels, label_names)
             kwargs["id2label"] = dict(enumerate(names))

@@ -11,17 +11,19 @@ subset while training) attending the text's cached keys and values: see `ltc_fas
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from . import attention, checkpoints, encoders, layout, ops, sampling
-from .config import EXECUTION_OPTIONS, MULTI_LABEL, LtcConfig, normalize_problem_type, resolve_label_names
+from .config import (EXECUTION_OPTIONS, MULTI_LABEL, LtcConfig, normalize_problem_type, resolve_label_names,
+                     with_encoder_labels)
 from .targets import check_target_values, invalid_targets, prepare_targets
 
 _LAYER_INDEX = re.compile(r"^transformer\.(?:encoder|transformer)\.layer\.(\d+)\.")
@@ -53,7 +55,9 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
 
-    def __init__(self, config: LtcConfig):
+    def __init__(self, config: LtcConfig | PretrainedConfig):
+        if not isinstance(config, LtcConfig):  # the encoder's own config, labels on it, as the reference takes it
+            config = LtcConfig(encoder=config)
         super().__init__(config)
         spec = encoders.encoder_spec(config.encoder)
         pooler_kwargs = {"add_pooling_layer": False} if spec.has_pooler else {}
@@ -117,7 +121,13 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         `hidden_dropout_prob=0.0`) updates the encoder's config.
         """
         path = str(pretrained_model_name_or_path)
-        found = AutoConfig.from_pretrained(path)
+        # `config=`: an LtcConfig replaces the saved one; an encoder config (as the reference's training script
+        # builds it: AutoConfig.from_pretrained(path, num_labels=N, problem_type=...)) replaces the encoder's,
+        # and its labels are the model's unless num_labels / label_names / problem_type say otherwise.
+        given = encoder_config_overrides.pop("config", None)
+        found = AutoConfig.from_pretrained(path) if given is None else copy.deepcopy(given)
+        if given is not None and not isinstance(given, LtcConfig):
+            num_labels, label_names, problem_type = with_encoder_labels(given, num_labels, label_names, problem_type)
         execution = {k: encoder_config_overrides.pop(k) for k in EXECUTION_OPTIONS if k in encoder_config_overrides}
         execution = {k: v for k, v in execution.items() if v is not None}  # None: keep the saved / default value
         for key, value in encoder_config_overrides.items():
@@ -173,6 +183,9 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
 
     @classmethod
     def _from_encoder(cls, path, encoder_config, num_labels, label_names, options, tokenizer):
+        # a config.json that carries its labels, as a classifier's does
+        num_labels, label_names, options["problem_type"] = with_encoder_labels(encoder_config, num_labels, label_names,
+                                                                               options["problem_type"])
         config = LtcConfig(encoder=encoder_config, label_names=resolve_label_names(num_labels, label_names),
                            **options)
         model = cls(config)

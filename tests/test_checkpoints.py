@@ -100,3 +100,64 @@ def test_from_config_builds_a_random_model():
     assert again.config.label_names == ["a", "b"]
     with pytest.raises(ValueError, match=r"options \['num_labels'\] go into the LtcConfig"):
         Model.from_config(model.config, num_labels=3)
+
+
+# ------------------------------------------------------------------ built from the encoder's own config
+NAMES = ["joy", "anger", "fear", "love", "grief"]
+
+
+def _classifier_config(arch="bert", problem_type="single_label_classification"):
+    """An encoder config as transformers' classifiers (and the reference) take it: labels on it."""
+    from conftest import encoder_config
+    return encoder_config(arch, id2label=dict(enumerate(NAMES)), label2id={n: i for i, n in enumerate(NAMES)},
+                          problem_type=problem_type)
+
+
+@pytest.mark.parametrize("build", ["constructor", "from_config"])
+def test_the_encoders_config_gives_the_labels_and_problem_type(build):
+    config = _classifier_config()
+    model = Model(config) if build == "constructor" else Model.from_config(config)
+    assert model.config.label_names == NAMES
+    assert model.config.problem_type == "single_label_classification"
+    assert model.label_embeddings.weight.shape[0] == 5
+    options = Model.from_config(config, problem_type="multi_label_classification")  # options still win
+    assert options.config.problem_type == "multi_label_classification" and options.config.label_names == NAMES
+
+
+def test_from_pretrained_honours_config_as_the_references_training_script_passes_it(tmp_path):
+    """config = AutoConfig.from_pretrained(path, num_labels=N, problem_type=...); from_pretrained(path, config=...)."""
+    from transformers import AutoConfig
+    from conftest import save_tiny_encoder
+
+    path = save_tiny_encoder(tmp_path / "encoder")
+    config = AutoConfig.from_pretrained(path, num_labels=4, problem_type="single_label_classification")
+    model = Model.from_pretrained(path, config=config)
+    assert model.config.num_labels == 4 and model.config.problem_type == "single_label_classification"
+    named = Model.from_pretrained(path, config=_classifier_config(problem_type="multi_label_classification"))
+    assert named.config.label_names == NAMES and named.config.problem_type == "multi_label_classification"
+
+
+def test_a_plain_encoder_directory_that_carries_labels(tmp_path):
+    from transformers import AutoModel
+    from conftest import save_tiny_encoder
+
+    AutoModel.from_config(_classifier_config()).save_pretrained(tmp_path / "with-labels")
+    model = Model.from_pretrained(tmp_path / "with-labels")
+    assert model.config.label_names == NAMES and model.config.problem_type == "single_label_classification"
+    with pytest.raises(ValueError, match="give num_labels"):  # transformers' default two placeholders say nothing
+        Model.from_pretrained(save_tiny_encoder(tmp_path / "without"))
+
+
+def test_a_reference_checkpoint_with_the_training_scripts_config_keeps_its_labels(tmp_path):
+    from transformers import AutoConfig
+
+    reference, _ = reference_and_ltc("bert", 6, "single_label_classification")
+    reference.label_names = [f"name{i}" for i in range(6)]
+    reference.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path, num_labels=6, problem_type="single_label_classification")
+    model = Model.from_pretrained(tmp_path, config=config)
+    assert model.config.label_names == reference.label_names
+    text_ids, mask = text_batch(3, 8, pad_id=model.config.encoder.pad_token_id)
+    ref_ids, ref_mask = reference_format(text_ids, mask, 6)
+    torch.testing.assert_close(model(text_ids, mask).logits, reference(ref_ids, ref_mask)["logits"],
+                               rtol=0, atol=1e-5)
