@@ -6,8 +6,7 @@ from .backends import backends
 from .checkpoints import from_reference_state_dict, to_reference_state_dict
 from .config import LtcConfig
 from .data import LabelTokenCollator, tokenize_texts
-from .modeling import AutoModelForTokenSequenceClassification, LabelTokenClassifierOutput
-from .prediction import load_classifier
+from .modeling import AutoModelForTokenSequenceClassification, LabelTokenClassifierOutput, load_classifier
 
 AutoConfig.register(LtcConfig.model_type, LtcConfig, exist_ok=True)
 

@@ -10,7 +10,7 @@ kernel is ours, selected per call by what the model passes through the encoder's
   `flash-attn` package is installed, else `torch.nn.attention.varlen.varlen_attn`; elsewhere (CPU, fp32,
   attention dropout without flash-attn) a per-sequence SDPA loop. No pad token enters any matmul.
 - `ltc_decoupled=DecoupledText(...)`: label attention that never builds an `(N + T)^2` mask. The text is
-  encoded first on its own (`recording`: each layer's text keys and values are kept); then the labels
+  encoded first on its own (`record`: each layer's text keys and values are kept); then the labels
   run as their own sequence, each label query attending the cached text keys plus its own key, one
   softmax over both (the self term joins the text's log-sum-exp). Cost `N * T`, and a label's output does
   not depend on which other labels are in the pass.
@@ -42,16 +42,33 @@ class PackedSequences:
 
 
 class DecoupledText:
-    """Per-layer text keys / values of a decoupled pass. `key_padding`: bool `[B, T]`, True for real tokens.
+    """The text of a decoupled pass, in two explicit phases: `record(encoder, ...)` runs the text through the
+    encoder and keeps each layer's keys and values; `attend(encoder, ...)` then runs label embeddings through
+    it, each label attending those and itself (once per chunk of labels). `key_padding`: bool `[B, T]`, True
+    for real tokens.
 
     A plain class, not a dataclass: FSDP rebuilds the dataclass arguments of a sharded layer to hook their
     tensors, which would hand every layer its own copy of this shared cache."""
 
     def __init__(self, key_padding: torch.Tensor):
         self.key_padding = key_padding
-        self.recording = True
+        self.attending = False  # which phase the attention function serves (set by record / attend only)
         self.keys: dict = {}
         self.values: dict = {}
+
+    def record(self, encoder, **text_inputs):
+        """The text pass: the encoder's output over the text, its keys and values kept per layer."""
+        if self.keys:
+            raise RuntimeError("DecoupledText.record: the text was recorded already")
+        self.attending = False
+        return encoder(**text_inputs, return_dict=True, ltc_decoupled=self)
+
+    def attend(self, encoder, **label_inputs):
+        """A label pass over the recorded text: the encoder's output at the labels (`inputs_embeds`)."""
+        if not self.keys:
+            raise RuntimeError("DecoupledText.attend: record the text first")
+        self.attending = True
+        return encoder(**label_inputs, return_dict=True, ltc_decoupled=self)
 
 
 # What both fused varlen kernels take: head sizes up to 256; torch's varlen_attn also needs a multiple of 8 (the
@@ -88,7 +105,7 @@ def ltc_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     decoupled = kwargs.pop("ltc_decoupled", None)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    if decoupled is not None and not decoupled.recording:
+    if decoupled is not None and decoupled.attending:
         return _labels_attend_text(module, query, key, value, decoupled, dropout, scaling), None
     if packed is not None:
         output = _varlen_attention(query, key, value, packed, dropout, scaling)

@@ -299,7 +299,7 @@ def _train(args) -> int:
 
 
 def _load(args):
-    from .prediction import load_classifier
+    from .modeling import load_classifier
 
     model, tokenizer = load_classifier(args.model)
     return model.to(_device(args.device)), tokenizer
@@ -372,7 +372,7 @@ def _convert(args) -> int:
     from .checkpoints import is_reference_checkpoint
     from .modeling import AutoModelForTokenSequenceClassification
     from .output import check_output_dir, staged_output_dir
-    from .prediction import load_classifier
+    from .modeling import load_classifier
     from .reference import reference_from_ltc
 
     check_output_dir(args.out, args.overwrite)

@@ -11,22 +11,17 @@ subset while training) attending the text's cached keys and values: see `ltc_fas
 
 from __future__ import annotations
 
-import copy
 import os
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from . import attention, checkpoints, encoders, layout, ops, sampling
-from .config import (EXECUTION_OPTIONS, MULTI_LABEL, LtcConfig, normalize_problem_type, resolve_label_names,
-                     with_encoder_labels)
-from .targets import check_target_values, invalid_targets, prepare_targets
-
-_LAYER_INDEX = re.compile(r"^transformer\.(?:encoder|transformer)\.layer\.(\d+)\.")
+from . import attention, encoders, layout, loading, ops, prediction, sampling
+from .config import MULTI_LABEL, LtcConfig
+from .targets import check_target_values, invalid_targets, loss_items_in_batch, prepare_targets
 
 
 @dataclass
@@ -96,141 +91,22 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         return cls(LtcConfig(encoder=config, **options))
 
     @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *,
-        num_labels: int | None = None,
-        label_names: list[str] | None = None,
-        problem_type: str | None = None,
-        label_init: str = "random",
-        hidden_layer: int = -1,
-        label_head_dropout: float = 0.1,
-        tokenizer=None,
-        dtype: torch.dtype | None = None,
-        attn_implementation: str | None = None,
-        **encoder_config_overrides,
-    ) -> "AutoModelForTokenSequenceClassification":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike,
+                        **options) -> "AutoModelForTokenSequenceClassification":
         """Load an ltc_fast checkpoint, a saved reference checkpoint (label rows at the end of the word
         embeddings; `pytorch_model.bin` or safetensors) or a plain encoder (a new head and label table,
-        initialised by `label_init`: random | avg | label_name | cls).
+        initialised by `label_init`: random | avg | label_name | cls). Options: `num_labels`, `label_names`,
+        `problem_type`, `label_init`, `hidden_layer`, `label_head_dropout`, `tokenizer`, `dtype`,
+        `attn_implementation`, `config` (an LtcConfig, or the encoder's config with its labels on it, as the
+        reference's training script passes it), the execution options of `LtcConfig` (for an ltc_fast
+        checkpoint they replace the saved values), and any encoder config field (e.g. `hidden_dropout_prob=0.0`).
+        See `ltc_fast.loading.load_pretrained`."""
+        return loading.load_pretrained(cls, pretrained_model_name_or_path, **options)
 
-        The execution options of `LtcConfig` (`label_positions`, `label_attention`, `label_chunk_size`,
-        `sampled_negatives`, `negative_sampling`, `sequence_packing`, `ops_backend`) are accepted here too
-        (for an ltc_fast checkpoint they replace the saved values); any other keyword (e.g.
-        `hidden_dropout_prob=0.0`) updates the encoder's config.
-        """
-        path = str(pretrained_model_name_or_path)
-        # `config=`: an LtcConfig replaces the saved one; an encoder config (as the reference's training script
-        # builds it: AutoConfig.from_pretrained(path, num_labels=N, problem_type=...)) replaces the encoder's,
-        # and its labels are the model's unless num_labels / label_names / problem_type say otherwise.
-        given = encoder_config_overrides.pop("config", None)
-        found = AutoConfig.from_pretrained(path) if given is None else copy.deepcopy(given)
-        if given is not None and not isinstance(given, LtcConfig):
-            num_labels, label_names, problem_type = with_encoder_labels(given, num_labels, label_names, problem_type)
-        execution = {k: encoder_config_overrides.pop(k) for k in EXECUTION_OPTIONS if k in encoder_config_overrides}
-        execution = {k: v for k, v in execution.items() if v is not None}  # None: keep the saved / default value
-        for key, value in encoder_config_overrides.items():
-            setattr(found.encoder if isinstance(found, LtcConfig) else found, key, value)
-        if isinstance(found, LtcConfig):
-            if execution:
-                found = LtcConfig(**{**found.to_dict(), **execution})  # validated like a new config
-            model = cls._from_ltc_checkpoint(path, found, num_labels, label_names, problem_type)
-        else:
-            options = dict(problem_type=problem_type, label_init=label_init, hidden_layer=hidden_layer,
-                           label_head_dropout=label_head_dropout, **execution)
-            if checkpoints.is_reference_checkpoint(path):
-                model = cls._from_reference_checkpoint(path, found, num_labels, label_names, options)
-            else:
-                model = cls._from_encoder(path, found, num_labels, label_names, options, tokenizer)
-        model.name_or_path = model.config._name_or_path = path  # where `predict` finds the saved tokenizer
-        if attn_implementation is not None:
-            model.set_attn_implementation(attn_implementation)  # HF's own switch, sub-models included
-        if dtype is not None:
-            model.to(dtype)
-        return model.eval()
-
-    @classmethod
-    def _from_ltc_checkpoint(cls, path, config, num_labels, label_names, problem_type):
-        if num_labels is not None and num_labels != config.num_labels:
-            raise ValueError(f"num_labels={num_labels} disagrees with the checkpoint at {path!r}, which has "
-                             f"{config.num_labels} labels")
-        if label_names is not None and list(label_names) != config.label_names:
-            raise ValueError(f"label_names disagree with the checkpoint at {path!r}: given {list(label_names)}, "
-                             f"saved {config.label_names}")
-        if problem_type is not None:
-            config.problem_type = normalize_problem_type(problem_type)
-        model = cls(config)
-        model.load_state_dict(checkpoints.load_state_dict(path), strict=True)
-        return model
-
-    @classmethod
-    def _from_reference_checkpoint(cls, path, encoder_config, num_labels, label_names, options):
-        saved_names = checkpoints.reference_label_names(encoder_config)
-        if label_names is None and num_labels in (None, len(saved_names)) and saved_names:
-            label_names = saved_names
-        names = resolve_label_names(num_labels, label_names)
-        state = checkpoints.from_reference_state_dict(checkpoints.load_state_dict(path), len(names))
-        encoder_config.vocab_size = state[checkpoints.word_embeddings_key(state)].shape[0]
-        if options["problem_type"] is None:
-            options["problem_type"] = encoder_config.problem_type
-        model = cls(LtcConfig(encoder=encoder_config, label_names=names, **options))
-        # Weights of encoder layers above `hidden_layer` are not part of the model; nothing else may be left.
-        kept_layers = encoders.num_layers(model.config.encoder)
-        above = [k for k in state if (m := _LAYER_INDEX.search(k)) and int(m.group(1)) >= kept_layers]
-        model.load_state_dict({k: v for k, v in state.items() if k not in above}, strict=True)
-        return model
-
-    @classmethod
-    def _from_encoder(cls, path, encoder_config, num_labels, label_names, options, tokenizer):
-        # a config.json that carries its labels, as a classifier's does
-        num_labels, label_names, options["problem_type"] = with_encoder_labels(encoder_config, num_labels, label_names,
-                                                                               options["problem_type"])
-        config = LtcConfig(encoder=encoder_config, label_names=resolve_label_names(num_labels, label_names),
-                           **options)
-        model = cls(config)
-        pooler_kwargs = {"add_pooling_layer": False} if encoders.encoder_spec(config.encoder).has_pooler else {}
-        model.transformer = AutoModel.from_pretrained(path, config=config.encoder, **pooler_kwargs)
-        model._use_ltc_attention()
-        if config.label_init in ("label_name", "cls") and tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        model.init_label_embeddings(config.label_init, tokenizer)
-        return model
-
-    @torch.no_grad()
     def init_label_embeddings(self, method: str, tokenizer=None) -> None:
         """Set every label row: `random` N(0, initializer_range), `avg` the mean word embedding of the
         vocabulary, `label_name` the mean embedding of the label name's word pieces, `cls` the [CLS] row."""
-        words = self.transformer.get_input_embeddings().weight
-        rows = self.label_embeddings.weight
-        if method == "random":
-            rows.normal_(mean=0.0, std=self.config.initializer_range)
-        elif method == "avg":
-            rows.copy_(words.float().mean(dim=0).expand_as(rows))
-        elif method == "cls":
-            if tokenizer is None or tokenizer.cls_token_id is None:
-                raise ValueError("label_init='cls' needs a tokenizer with a cls_token (pass tokenizer=...)")
-            rows.copy_(words[tokenizer.cls_token_id].expand_as(rows))
-        elif method == "label_name":
-            rows.copy_(self._label_name_embeddings(words, tokenizer))
-        else:
-            raise ValueError(f"label_init must be one of random, avg, label_name, cls; got {method!r}")
-        self.config.label_init = method
-
-    def _label_name_embeddings(self, words: torch.Tensor, tokenizer) -> torch.Tensor:
-        names = self.config.label_names
-        if names == [f"LABEL_{i}" for i in range(len(names))]:
-            raise ValueError("label_init='label_name' needs label_names; the model only has placeholder names")
-        if tokenizer is None:
-            raise ValueError("label_init='label_name' needs a tokenizer (pass tokenizer=...)")
-        means = []
-        for name in names:
-            piece_ids = tokenizer(name, add_special_tokens=False)["input_ids"]
-            if not piece_ids:
-                raise ValueError(f"label name {name!r} tokenizes to no word pieces; label_init='label_name' "
-                                 f"cannot initialise it")
-            means.append(words[torch.tensor(piece_ids, device=words.device)].float().mean(dim=0))
-        return torch.stack(means)
+        loading.init_label_embeddings(self, method, tokenizer)
 
     # ------------------------------------------------------------------ prediction
     def predict(self, texts, tokenizer=None, top_k: int | None = None, threshold: float | None = None,
@@ -239,9 +115,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         Multi-label: the labels at or above `threshold` (default: the saved per-label thresholds, else
         0.5), at most `top_k`; `top_k` alone gives the k best. Single-label: the best label by default.
         `tokenizer` may be left out when the model was loaded from a directory that holds one."""
-        from .prediction import predict  # prediction.py sits on top of this module
-
-        return predict(self, texts, tokenizer=tokenizer, top_k=top_k, threshold=threshold,
+        return prediction.predict(self, texts, tokenizer=tokenizer, top_k=top_k, threshold=threshold,
                        batch_size=batch_size, max_length=max_length)
 
     # ------------------------------------------------------------------ forward
@@ -276,22 +150,20 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         if decoupled and label_ids is None and self.training and targets is not None and self.config.sampled_negatives:
             label_ids = sampling.sample_label_ids(targets.values, self.config.problem_type, self.num_labels,
                                                   self.config.sampled_negatives, self._negative_sampling_weights())
+        # One of three executions of the same function, each layout -> embed -> encoder -> head.
         if decoupled:
-            self._check_attention_backend("label_attention='decoupled'", output_attentions)
-            logits, encoded = self._decoupled_logits(text_ids, attention_mask, token_type_ids, label_ids,
-                                                     output_hidden_states)
+            run = self._decoupled_logits
         else:
-            logits, encoded = self._full_logits(text_ids, attention_mask, token_type_ids, output_hidden_states,
-                                                output_attentions)
+            run = self._packed_logits if self._packs(attention_mask, output_hidden_states, output_attentions) \
+                else self._padded_logits
+        logits, encoded = run(text_ids, attention_mask, token_type_ids, label_ids, output_hidden_states,
+                              output_attentions)
         if targets is not None:
-            values = targets.values if label_ids is None else sampling.subset_targets(
-                targets.values, label_ids, self.config.problem_type, self.num_labels)
             if num_items_in_batch is not None:
-                # The Trainer counts label tensor *elements*; the loss averages over loss terms: one per scored
-                # label and row for multi-label, one per row for single-label (whose one-hot rows count N each).
-                loss_terms_per_row = logits.shape[1] if self.config.problem_type == MULTI_LABEL else 1
-                num_items_in_batch = num_items_in_batch * loss_terms_per_row / targets.label_elements_per_row
-            targets = values
+                num_items_in_batch = loss_items_in_batch(num_items_in_batch, targets, logits.shape[1],
+                                                         self.config.problem_type)
+            targets = targets.values if label_ids is None else sampling.subset_targets(
+                targets.values, label_ids, self.config.problem_type, self.num_labels)
         loss, probas = ops.label_loss_and_probas(
             logits,
             targets,
@@ -325,14 +197,22 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         )
 
     # ------------------------------------------------------------------ full attention (the reference's)
-    def _full_logits(self, text_ids, attention_mask, token_type_ids, output_hidden_states, output_attentions):
+    # The three executions share one signature: (text_ids, attention_mask, token_type_ids, label_ids,
+    # output_hidden_states, output_attentions) -> (logits [B, n], the encoder's output).
+    def _padded_logits(self, text_ids, attention_mask, token_type_ids, label_ids, output_hidden_states,
+                       output_attentions):
+        """`[CLS] labels text pad...` as the reference lays it out, through SDPA with a padding mask."""
         self._check_length(text_ids.shape[1])
         inputs = self._layout_inputs(text_ids, attention_mask, token_type_ids)
-        if not self._packs(inputs["attention_mask"], output_hidden_states, output_attentions):
-            encoded = self.transformer(**inputs, inputs_embeds=self._embed(text_ids), return_dict=True,
-                                       output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-            return self._head(encoded.last_hidden_state), encoded
-        # Packed: the real tokens of every sequence back to back in one row, offsets in cu_seqlens.
+        encoded = self.transformer(**inputs, inputs_embeds=self._embed(text_ids), return_dict=True,
+                                   output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        return self._head(encoded.last_hidden_state), encoded
+
+    def _packed_logits(self, text_ids, attention_mask, token_type_ids, label_ids, output_hidden_states,
+                       output_attentions):
+        """The real tokens of every sequence back to back in one row, offsets in cu_seqlens: no padding computed."""
+        self._check_length(text_ids.shape[1])
+        inputs = self._layout_inputs(text_ids, attention_mask, token_type_ids)
         mask = inputs.pop("attention_mask")
         if mask is None:  # packing forced on a batch given without a mask: nothing is padded
             mask = torch.ones_like(inputs["position_ids"])
@@ -388,8 +268,10 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                              f"attention matrix; use the padded full-attention path (sequence_packing='padded')")
 
     # ------------------------------------------------------------------ decoupled attention
-    def _decoupled_logits(self, text_ids, attention_mask, token_type_ids, label_ids, output_hidden_states):
-        """Text pass (keys and values of every layer kept), then the labels in chunks attending them."""
+    def _decoupled_logits(self, text_ids, attention_mask, token_type_ids, label_ids, output_hidden_states,
+                          output_attentions):
+        """Text pass (keys and values of every layer recorded), then the labels in chunks attending them."""
+        self._check_attention_backend("label_attention='decoupled'", output_attentions)
         spec = encoders.encoder_spec(self.config.encoder)
         pad = self.config.encoder.pad_token_id
         self._check_length(text_ids.shape[1])
@@ -399,9 +281,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                        "position_ids": layout.text_position_ids(text_ids, spec.position_scheme, pad)}
         if spec.takes_token_type_ids:
             text_inputs["token_type_ids"] = torch.zeros_like(text_ids) if token_type_ids is None else token_type_ids
-        encoded = self.transformer(**text_inputs, output_hidden_states=output_hidden_states, return_dict=True,
-                                   ltc_decoupled=text)
-        text.recording = False
+        encoded = text.record(self.transformer, **text_inputs, output_hidden_states=output_hidden_states)
         batch = text_ids.shape[0]
         if label_ids is None:
             label_ids = torch.arange(self.num_labels, device=text_ids.device)
@@ -413,7 +293,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             if spec.takes_token_type_ids:
                 label_inputs["token_type_ids"] = torch.zeros(batch, chunk.numel(), dtype=torch.long,
                                                              device=chunk.device)
-            states = self.transformer(**label_inputs, return_dict=True, ltc_decoupled=text).last_hidden_state
+            states = text.attend(self.transformer, **label_inputs).last_hidden_state
             rows = torch.arange(batch * chunk.numel(), device=chunk.device).view(batch, -1)
             chunks.append(self._head(states.reshape(rows.numel(), -1), rows))
         return torch.cat(chunks, dim=1), encoded
@@ -539,3 +419,10 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                 token_type_ids = torch.zeros_like(text_ids)
             inputs["token_type_ids"] = layout.insert_label_slots(token_type_ids, self.num_labels, 0)
         return inputs
+
+
+def load_classifier(path: str | os.PathLike):
+    """A trained model (ltc_fast or reference checkpoint) and its tokenizer, or a ValueError saying why not."""
+    path = str(path)
+    loading.check_trained_checkpoint(path)
+    return AutoModelForTokenSequenceClassification.from_pretrained(path), prediction.saved_tokenizer(path)

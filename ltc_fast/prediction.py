@@ -15,30 +15,14 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
-from . import checkpoints, encoders
-from .config import MULTI_LABEL, LtcConfig
+from . import encoders
+from .config import MULTI_LABEL
 from .data import tokenize_texts
-from .modeling import AutoModelForTokenSequenceClassification
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MAX_LENGTH = 512  # the reference's
-
-
-def load_classifier(path: str):
-    """A trained model (ltc_fast or reference checkpoint) and its tokenizer, or a ValueError saying why not."""
-    path = str(path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path!r} is not an ltc_fast or reference checkpoint: no readable config.json "
-                         f"({str(error).splitlines()[0]})") from None
-    if not isinstance(config, LtcConfig) and not checkpoints.is_reference_checkpoint(path):
-        raise ValueError(f"{path!r} is not an ltc_fast or reference checkpoint: it holds a {config.model_type!r} "
-                         f"model without a trained label head (train one with `ltc-fast train --model {path}`)")
-    model = AutoModelForTokenSequenceClassification.from_pretrained(path)
-    return model, saved_tokenizer(path)
 
 
 def saved_tokenizer(path: str):

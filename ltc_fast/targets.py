@@ -26,6 +26,14 @@ def prepare_targets(labels: torch.Tensor, problem_type: str, batch_size: int, nu
     return _single_label_targets(labels, batch_size, num_labels)
 
 
+def loss_items_in_batch(num_items_in_batch, targets: Targets, scored_labels: int, problem_type: str):
+    """The loss's divisor from the Trainer's `num_items_in_batch`. The Trainer counts label tensor *elements*
+    over the accumulated batch; the loss averages over loss terms: one per scored label and row for
+    multi-label, one per row for single-label (whose one-hot rows count N elements each)."""
+    loss_terms_per_row = scored_labels if problem_type == MULTI_LABEL else 1
+    return num_items_in_batch * loss_terms_per_row / targets.label_elements_per_row
+
+
 def invalid_targets(labels: torch.Tensor, problem_type: str, num_labels: int) -> torch.Tensor:
     """A 0-d bool tensor on the labels' device, True when some value breaks the rules that
     `check_target_values` explains; computed without reading it back (no host sync)."""

@@ -6,7 +6,8 @@ import torch
 
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
 from ltc_fast import LtcConfig, tokenize_texts
-from ltc_fast.prediction import load_classifier, predict_probas
+from ltc_fast import load_classifier
+from ltc_fast.prediction import predict_probas
 from conftest import encoder_config, make_tiny_tokenizer, save_tiny_encoder
 
 NAMES = ["joy", "fear", "love", "calm", "anger"]
