@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -30,7 +29,7 @@ from ltc_fast.finetune import Schedule, as_examples, evaluate_multilabel, fine_t
 from ltc_fast.provenance import provenance
 from ltc_fast.reference import ReferenceLabelTokenModel, reference_tokenize
 
-from .report import RESULTS_DIR, replace_readme_section
+from .report import DOCS, RESULTS_DIR, link_from, replace_section
 
 MODELS = ("reference", "ltc_fast", "cls-head")
 METRICS = ("micro_f1", "macro_f1", "roc_auc", "subset_accuracy")
@@ -128,7 +127,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--max-length", type=int, default=64, help="tokens per example, labels included")
     parser.add_argument("--threshold", type=float, default=0.3)
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's accuracy section")
+    parser.add_argument("--docs", action="store_true", help="rewrite the table in docs/accuracy.md")
     args = parser.parse_args(argv)
     hf_logging.set_verbosity_error()
     report = run(args)
@@ -136,10 +135,11 @@ def main(argv=None) -> dict:
     device = "gpu" if torch.cuda.is_available() else "cpu"
     path = RESULTS_DIR / f"accuracy-{device}-{meta['date'][:10]}-{(meta['commit'] or 'nocommit')[:8]}.json"
     path.write_text(json.dumps(report, indent=1))
-    table = markdown_table(report, os.path.relpath(path, RESULTS_DIR.parent.parent))
+    page = DOCS / "accuracy.md"
+    table = markdown_table(report, link_from(page, path))
     print("\n" + table)
-    if args.readme:
-        replace_readme_section("accuracy-table", table)
+    if args.docs:
+        replace_section("accuracy-table", table, page)
     return report
 
 

@@ -5,7 +5,7 @@ decoupled mode scores the positives and `--sampled` sampled negatives.
 
     python -m bench.large_labels                      # MiniLM-shaped encoder (6 x 384), T=64, B=2, CPU-sized
     python -m bench.large_labels --encoder roberta-base --text-tokens 256 --labels 2048 16384   # GPU (W4/W5)
-    python -m bench.large_labels --render FILE.json --readme   # table + plot into the README
+    python -m bench.large_labels --render FILE.json --docs     # table + plot into docs/large-label-sets.md
 
 Writes `bench/results/large-labels-<device>-<date>-<commit>.json` with provenance and a PNG beside it.
 """
@@ -29,7 +29,7 @@ from ltc_fast.provenance import provenance
 
 from .contenders import BASELINE, DECOUPLED, build_model, make_batch
 from .measure import PeakMemory, synchronize
-from .report import RESULTS_DIR, replace_readme_section
+from .report import DOCS, RESULTS_DIR, link_from, replace_section
 from .workloads import roberta_base_config, tiny_roberta_config
 
 MODES = {
@@ -173,7 +173,7 @@ def main(argv=None) -> None:
     parser.add_argument("--max-full-labels", type=int, default=4096, help="largest N run with full attention")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--render", help="render an existing JSON instead of measuring")
-    parser.add_argument("--readme", action="store_true", help="write the table into the README")
+    parser.add_argument("--docs", action="store_true", help="write the table into docs/large-label-sets.md")
     parser.add_argument("--out", help="JSON path (default: bench/results/large-labels-<device>-<date>-<commit>.json)")
     args = parser.parse_args(argv)
     if args.render:
@@ -188,10 +188,12 @@ def main(argv=None) -> None:
         path = Path(args.out) if args.out else path
         path.write_text(json.dumps(results, indent=1))
     plot(results, path.with_suffix(".png"))
-    table = markdown(results, f"bench/results/{path.name}")
+    page = DOCS / "large-label-sets.md"
+    table = markdown(results, link_from(page, path))
     print(table)
-    if args.readme:
-        replace_readme_section("large-labels-table", f"{table}\n\n![large labels](bench/results/{path.with_suffix('.png').name})")
+    if args.docs:
+        replace_section("large-labels-table", f"{table}\n\n![large labels]({link_from(page, path.with_suffix('.png'))})",
+                        page)
 
 
 if __name__ == "__main__":

@@ -2,30 +2,36 @@
 of throughput and peak memory against the number of labels (log scale).
 
     python -m bench.report                      # newest bench/results/*.json, table to stdout, plot beside it
-    python -m bench.report FILE.json --readme   # also rewrite the README's benchmark section
+    python -m bench.report FILE.json --docs     # also rewrite the table in docs/benchmarks.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from .contenders import BASELINE, CONTENDERS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 RESULTS_DIR = Path(__file__).with_name("results")
 
 
-def replace_readme_section(name: str, text: str, readme: Path = README) -> None:
-    """Replace what stands between `<!-- name:start -->` and `<!-- name:end -->` in the README."""
+def link_from(page: Path, target: Path) -> str:
+    """`target` as a relative link in the markdown `page`."""
+    return Path(os.path.relpath(target.resolve(), page.resolve().parent)).as_posix()
+
+
+def replace_section(name: str, text: str, page: Path) -> None:
+    """Replace what stands between `<!-- name:start -->` and `<!-- name:end -->` in a docs page."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    content = readme.read_text()
+    content = page.read_text()
     if start not in content or end not in content:
-        raise ValueError(f"{readme} has no {start} ... {end} section to fill")
+        raise ValueError(f"{page} has no {start} ... {end} section to fill")
     head, rest = content.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
+    page.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
 
 
 def newest_results() -> Path:
@@ -102,17 +108,18 @@ def plot(results: dict, path: Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="?", type=Path, help="a bench/results/*.json (default: the newest)")
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's benchmark section")
+    parser.add_argument("--docs", action="store_true", help="rewrite the table in docs/benchmarks.md")
     args = parser.parse_args(argv)
     path = (args.results or newest_results()).resolve()
     results = json.loads(path.read_text())
     png = path.with_suffix(".png")
     plot(results, png)
-    link = path.relative_to(README.parent).as_posix()
-    table = markdown_table(results, link) + f"\n\n![throughput and memory against N]({png.relative_to(README.parent).as_posix()})"
+    page = DOCS / "benchmarks.md"
+    table = (markdown_table(results, link_from(page, path))
+             + f"\n\n![throughput and memory against N]({link_from(page, png)})")
     print(table)
-    if args.readme:
-        replace_readme_section("bench-table", table)
+    if args.docs:
+        replace_section("bench-table", table, page)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,26 @@ def test_table_ratios_and_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_readme_section_is_replaced_and_missing_markers_are_an_error(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- t:start -->\nold\n<!-- t:end -->\noutro\n")
-    report.replace_readme_section("t", "new table", readme)
-    assert readme.read_text() == "intro\n<!-- t:start -->\nnew table\n<!-- t:end -->\noutro\n"
+def test_docs_section_is_replaced_and_missing_markers_are_an_error(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- t:start -->\nold\n<!-- t:end -->\noutro\n")
+    report.replace_section("t", "new table", page)
+    assert page.read_text() == "intro\n<!-- t:start -->\nnew table\n<!-- t:end -->\noutro\n"
     with pytest.raises(ValueError, match="has no <!-- other:start -->"):
-        report.replace_readme_section("other", "x", readme)
+        report.replace_section("other", "x", page)
+
+
+def test_the_docs_pages_hold_every_generated_table_and_their_links_resolve():
+    """The tables the bench scripts write live in docs/; each link in them must point at a committed file."""
+    import re
+    for page, name in ((report.DOCS / "benchmarks.md", "bench-table"), (report.DOCS / "accuracy.md", "accuracy-table"),
+                       (report.DOCS / "large-label-sets.md", "large-labels-table")):
+        content = page.read_text()
+        section = content.split(f"<!-- {name}:start -->", 1)[1].split(f"<!-- {name}:end -->", 1)[0]
+        links = re.findall(r"\]\(([^)#]+)\)", section)
+        assert links, (page, name)
+        for link in links:
+            assert (page.parent / link).resolve().exists(), (page.name, link)
 
 
 def test_accuracy_report_runs_on_a_tiny_budget(tmp_path, monkeypatch):

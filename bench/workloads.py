@@ -1,4 +1,4 @@
-"""The fixed workloads of DESIGN.md section 5, so results compare across commits.
+"""The fixed workloads W1-W5 (docs/benchmarks.md), so results compare across commits.
 
 Encoders are built from configs (random weights are fine for speed). Text lengths for W1 follow
 GoEmotions' real token-length distribution, stored in `goemotions_lengths.json` (regenerate with

@@ -1,4 +1,4 @@
-"""The reference label-token method (DESIGN.md section 1), written from its description.
+"""The reference label-token method (docs/architecture.md, "Design notes"), written from its description.
 
 Label tokens `[name]` are added to the tokenizer (ids `V..V+N-1`) and to the resized word embeddings, and
 prepended to every text as a string, so every row of `input_ids` carries all N of them. It is the oracle

