@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 
 import ltc_fast
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
-from conftest import ARCHITECTURES, VOCAB, reference_and_ltc, reference_format, text_batch
+from tests.helpers import ARCHITECTURES, VOCAB, reference_and_ltc, reference_format, text_batch
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -92,7 +92,7 @@ def test_attention_implementation_can_be_chosen(attn_implementation, tmp_path):
 
 
 def test_from_config_builds_a_random_model():
-    from conftest import encoder_config
+    from tests.helpers import encoder_config
     model = Model.from_config(encoder_config("electra"), label_names=["a", "b"], hidden_layer=1)
     assert model.config.label_names == ["a", "b"] and len(model.transformer.encoder.layer) == 1
     assert model.label_embeddings.weight.shape == (2, 16)  # ELECTRA's embedding size, not its hidden size
@@ -108,7 +108,7 @@ NAMES = ["joy", "anger", "fear", "love", "grief"]
 
 def _classifier_config(arch="bert", problem_type="single_label_classification"):
     """An encoder config as transformers' classifiers (and the reference) take it: labels on it."""
-    from conftest import encoder_config
+    from tests.helpers import encoder_config
     return encoder_config(arch, id2label=dict(enumerate(NAMES)), label2id={n: i for i, n in enumerate(NAMES)},
                           problem_type=problem_type)
 
@@ -127,7 +127,7 @@ def test_the_encoders_config_gives_the_labels_and_problem_type(build):
 def test_from_pretrained_honours_config_as_the_references_training_script_passes_it(tmp_path):
     """config = AutoConfig.from_pretrained(path, num_labels=N, problem_type=...); from_pretrained(path, config=...)."""
     from transformers import AutoConfig
-    from conftest import save_tiny_encoder
+    from tests.helpers import save_tiny_encoder
 
     path = save_tiny_encoder(tmp_path / "encoder")
     config = AutoConfig.from_pretrained(path, num_labels=4, problem_type="single_label_classification")
@@ -139,7 +139,7 @@ def test_from_pretrained_honours_config_as_the_references_training_script_passes
 
 def test_a_plain_encoder_directory_that_carries_labels(tmp_path):
     from transformers import AutoModel
-    from conftest import save_tiny_encoder
+    from tests.helpers import save_tiny_encoder
 
     AutoModel.from_config(_classifier_config()).save_pretrained(tmp_path / "with-labels")
     model = Model.from_pretrained(tmp_path / "with-labels")

@@ -19,7 +19,7 @@ from ltc_fast import cli, tokenize_texts
 from ltc_fast.metrics import multilabel_metrics
 from ltc_fast.prediction import predict_probas
 from ltc_fast.reference import ReferenceLabelTokenModel, reference_tokenize
-from conftest import save_tiny_encoder
+from tests.helpers import save_tiny_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["calm", "fear", "joy", "love"]  # sorted: the label set the training data builds

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptxas_report import format_table, parse_ptxas_verbose
+from tests.ptxas_report import format_table, parse_ptxas_verbose
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 ARCH_FLAGS = ["-gencode", "arch=compute_90,code=sm_90"]

@@ -5,7 +5,7 @@ import torch
 
 from ltc_fast.data import (LabelTokenCollator, goemotions_label_names, load_goemotions, tokenize_texts)
 from ltc_fast.reference import add_label_tokens, reference_tokenize
-from conftest import VOCAB
+from tests.helpers import VOCAB
 
 TEXTS = ["happy day", "the food is not very good and the day is bad, sad sad sad sad sad", "joy", "calmness"]
 

@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_relative_close, encoder_config, label_names, logit_scale, random_targets, text_batch
+from tests.helpers import assert_relative_close, encoder_config, label_names, logit_scale, random_targets, text_batch
 from transformers import AutoModel
 
 import ltc_fast

@@ -21,7 +21,7 @@ import sys
 
 import pytest
 import torch
-from conftest import encoder_config, label_names, make_tiny_tokenizer
+from tests.helpers import encoder_config, label_names, make_tiny_tokenizer
 
 import ltc_fast
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
@@ -258,7 +258,7 @@ def test_single_process_helpers(tmp_path):
 def test_the_command_trains_under_torchrun(tmp_path):
     """`torchrun -m ltc_fast.cli train`: the ranks share one staging directory, rank 0 alone writes the model
     directory, and nothing half-written is left beside it."""
-    from conftest import save_tiny_encoder
+    from tests.helpers import save_tiny_encoder
 
     encoder = save_tiny_encoder(tmp_path / "encoder")
     words = ["happy", "sad", "calm", "day", "food", "good"]

@@ -7,7 +7,7 @@ from transformers import GPT2Config
 import ltc_fast
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
 from ltc_fast import LtcConfig
-from conftest import VOCAB, encoder_config, reference_and_ltc, reference_format, text_batch
+from tests.helpers import VOCAB, encoder_config, reference_and_ltc, reference_format, text_batch
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from conftest import ARCHITECTURES, reference_and_ltc, reference_format, text_batch
+from tests.helpers import ARCHITECTURES, reference_and_ltc, reference_format, text_batch
 
 pytestmark = pytest.mark.gpu
 
@@ -87,7 +87,7 @@ def test_cuda_auto_packs_padded_batches_where_a_fused_kernel_runs(monkeypatch):
 
 def test_cuda_decoupled_chunked_equals_one_pass():
     import ltc_fast
-    from conftest import encoder_config, label_names
+    from tests.helpers import encoder_config, label_names
 
     config = ltc_fast.LtcConfig(encoder=encoder_config("roberta"), label_names=label_names(300),
                                 label_positions="shared", label_attention="decoupled")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
-from conftest import reference_and_ltc, reference_format, text_batch
+from tests.helpers import reference_and_ltc, reference_format, text_batch
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "deberta-v2"])

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import ltc_fast
-from conftest import encoder_config, label_names, random_targets, text_batch
+from tests.helpers import encoder_config, label_names, random_targets, text_batch
 
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "unique", "masked_select")
 

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModel
 
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
-from conftest import encoder_config
+from tests.helpers import encoder_config
 
 NAMES = ["sadness", "joy", "calm day"]  # "sadness" -> sad ##ness; "calm day" -> two words
 

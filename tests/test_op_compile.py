@@ -4,7 +4,7 @@ them (forward and backward) without a graph break, and the compiled function com
 import pytest
 import torch
 
-from conftest import OP_DEVICE, assert_relative_close, needs_triton
+from tests.helpers import OP_DEVICE, assert_relative_close, needs_triton
 from ltc_fast.ops import inject_label_embeddings, label_head_logits
 
 VOCAB, NUM_LABELS, WIDTH = 23, 3, 40

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_triton
+from tests.helpers import needs_triton
 
 ROOT = Path(__file__).resolve().parents[1]
 H = 768  # roberta-base's hidden size; the tiles follow from it as in a real launch
@@ -70,7 +70,7 @@ def compile_all() -> dict:
     from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
 
-    from ptxas_report import parse_ptxas_verbose
+    from tests.ptxas_report import parse_ptxas_verbose
 
     ptxas = get_ptxas(90).path
     report = {}
@@ -148,7 +148,7 @@ def findings(tmp_path_factory):
 
 @needs_triton
 def test_every_kernel_compiles_for_sm90_without_spilling(findings):
-    from ptxas_report import format_table
+    from tests.ptxas_report import format_table
 
     report = findings["registers"]
     print(format_table({name: {**stats, "stack_frame": 0} for name, stats in report.items()},

@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import OP_DEVICE, assert_error_at_most_twice_torchs, assert_relative_close, needs_triton
+from tests.helpers import OP_DEVICE, assert_error_at_most_twice_torchs, assert_relative_close, needs_triton
 from ltc_fast import layout
 from ltc_fast.ops import label_embedding as emb
 from ltc_fast.ops import triton_support

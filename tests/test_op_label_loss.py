@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_relative_close
+from tests.helpers import assert_relative_close
 from ltc_fast.ops import loss_extension
 from ltc_fast.ops.dispatch import ENV_VAR as BACKEND_ENV_VAR
 from ltc_fast.ops.label_loss import label_loss_and_probas

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_relative_close, reference_and_ltc, text_batch
+from tests.helpers import assert_relative_close, reference_and_ltc, text_batch
 from ltc_fast.ops import label_loss, loss_extension
 from ltc_fast.ops.dispatch import ENV_VAR as BACKEND_ENV_VAR
 from ltc_fast.ops.label_loss import label_loss_and_probas

@@ -6,7 +6,7 @@ import contextlib
 import pytest
 import torch
 
-from conftest import OP_DEVICE, needs_triton
+from tests.helpers import OP_DEVICE, needs_triton
 from ltc_fast.ops import label_embedding, label_head, triton_support
 
 KERNELS = {label_embedding: ("_inject_forward_kernel", "_label_grad_kernel"),

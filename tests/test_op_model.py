@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import (OP_DEVICE, assert_relative_close, logit_scale, needs_triton, random_targets, reference_and_ltc,
+from tests.helpers import (OP_DEVICE, assert_relative_close, logit_scale, needs_triton, random_targets, reference_and_ltc,
                       text_batch)
 from ltc_fast.ops import label_embedding, label_head
 

@@ -12,7 +12,7 @@ import ltc_fast
 from ltc_fast import attention, layout
 from ltc_fast.encoders import modes_supported
 
-from conftest import assert_relative_close, encoder_config, label_names, logit_scale, random_targets, text_batch
+from tests.helpers import assert_relative_close, encoder_config, label_names, logit_scale, random_targets, text_batch
 
 Model = ltc_fast.AutoModelForTokenSequenceClassification
 

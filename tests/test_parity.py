@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import (ARCHITECTURES, VOCAB, assert_relative_close, random_targets, reference_and_ltc,
+from tests.helpers import (ARCHITECTURES, VOCAB, assert_relative_close, random_targets, reference_and_ltc,
                       reference_format, text_batch)
 
 PROBLEM_TYPES = ["multi_label_classification", "single_label_classification"]

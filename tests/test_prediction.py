@@ -8,7 +8,7 @@ from ltc_fast import AutoModelForTokenSequenceClassification as Model
 from ltc_fast import LtcConfig, tokenize_texts
 from ltc_fast import load_classifier
 from ltc_fast.prediction import predict_probas
-from conftest import encoder_config, make_tiny_tokenizer, save_tiny_encoder
+from tests.helpers import encoder_config, make_tiny_tokenizer, save_tiny_encoder
 
 NAMES = ["joy", "fear", "love", "calm", "anger"]
 TEXTS = ["happy day", "the very bad food is not good", "calm", "sad sad sad day", "love joy fear",

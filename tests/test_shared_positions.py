@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_relative_close, encoder_config, label_names, logit_scale, text_batch
+from tests.helpers import assert_relative_close, encoder_config, label_names, logit_scale, text_batch
 
 import ltc_fast
 from ltc_fast import layout
