@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from .. import layout
 from ..layout import LABEL_START
 from .dispatch import resolve_backend
-from .triton_support import FAST, launch_guard, tl, triton, triton_applies
+from .triton_support import TRITON, launch_guard, tl, triton, triton_applies
 
 OP = "inject_label_embeddings"
+FAST_BACKEND = TRITON
 
 
 # ---------------------------------------------------------------------------------------------- the twin
@@ -332,7 +333,7 @@ def inject_label_embeddings(
     """
     _validate(text_ids, word_embeddings, label_embeddings, padding_idx, cu_seqlens, check_values)
     applies, why_not = triton_applies(backend, text_ids, word_embeddings, label_embeddings)
-    if resolve_backend(OP, backend, FAST, applies, why_not) == FAST:
+    if resolve_backend(OP, backend, FAST_BACKEND, applies, why_not) == FAST_BACKEND:
         if padding_idx is not None and padding_idx < 0:
             padding_idx += word_embeddings.shape[0]
         return _inject_op(text_ids, cu_seqlens, word_embeddings, label_embeddings,

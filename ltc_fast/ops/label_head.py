@@ -23,9 +23,10 @@ import torch.nn.functional as F
 
 from ..layout import LABEL_START
 from .dispatch import resolve_backend
-from .triton_support import FAST, launch_guard, tl, triton, triton_applies
+from .triton_support import TRITON, launch_guard, tl, triton, triton_applies
 
 OP = "label_head_logits"
+FAST_BACKEND = TRITON
 _SEED_BOUND = 2**31 - 1  # seeds stay int32 so Triton passes them as plain scalars
 
 
@@ -349,7 +350,7 @@ def label_head_logits(
         hidden_states, weight, bias = (t.to(torch.get_autocast_dtype(device_type))
                                        for t in (hidden_states, weight, bias))
     applies, why_not = triton_applies(backend, hidden_states, weight, bias)
-    if resolve_backend(OP, backend, FAST, applies, why_not) == FAST:
+    if resolve_backend(OP, backend, FAST_BACKEND, applies, why_not) == FAST_BACKEND:
         seed = draw_dropout_seed() if training and dropout_p > 0 else None
         return _head_op(hidden_states, weight, bias, label_rows, num_labels, float(dropout_p), seed)
     return label_head_logits_torch(hidden_states, weight, bias, num_labels, dropout_p, training, label_rows)

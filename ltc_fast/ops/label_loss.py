@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from . import loss_extension
 from .dispatch import TORCH, resolve_backend
 
-OP_NAME = "label_loss_and_probas"
-FAST = "extension"
+OP = "label_loss_and_probas"
+FAST_BACKEND = "extension"
 REDUCTIONS = ("mean", "sum", "none")
 LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -76,18 +76,18 @@ def label_loss_and_probas(
     if targets is None:
         # Probabilities alone are one torch kernel already; nothing to fuse, so the extension is not even
         # loaded (a first load may JIT-compile it) unless the caller forces it.
-        if backend == FAST:
+        if backend == FAST_BACKEND:
             _choose_backend(backend, logits, targets, pos_weight)
         else:
-            resolve_backend(OP_NAME, backend, FAST, True)  # still rejects a bad backend name / variable
+            resolve_backend(OP, backend, FAST_BACKEND, True)  # still rejects a bad backend name / variable
         return None, _probas(logits, multi_label)
     chosen = _choose_backend(backend, logits, targets, pos_weight)
     elementwise = reduction == "none"
     if multi_label:
-        forward = _extension_multi_label if chosen == FAST else _torch_multi_label
+        forward = _extension_multi_label if chosen == FAST_BACKEND else _torch_multi_label
         loss, probas = forward(logits, targets, pos_weight, label_mask, elementwise)
     else:
-        forward = _extension_single_label if chosen == FAST else _torch_single_label
+        forward = _extension_single_label if chosen == FAST_BACKEND else _torch_single_label
         loss, probas = forward(logits, targets, ignore_index, float(label_smoothing), elementwise)
     if reduction == "mean":
         if num_items_in_batch is not None:
@@ -208,7 +208,7 @@ def _unmasked_count(logits: torch.Tensor, label_mask: torch.Tensor | None):
 
 # ------------------------------------------------------------------------------------------------ dispatch
 def _choose_backend(backend, logits, targets, pos_weight) -> str:
-    if resolve_backend(OP_NAME, backend, FAST, True) == TORCH:
+    if resolve_backend(OP, backend, FAST_BACKEND, True) == TORCH:
         return TORCH  # forced: do not even load the extension
     why_not = ""
     if not loss_extension.runs_on(logits.device):
@@ -217,7 +217,7 @@ def _choose_backend(backend, logits, targets, pos_weight) -> str:
         why_not = "the extension gives no gradient for targets or pos_weight, and one requires grad"
     else:
         _register_python_parts()
-    return resolve_backend(OP_NAME, backend, FAST, not why_not, why_not)
+    return resolve_backend(OP, backend, FAST_BACKEND, not why_not, why_not)
 
 
 # ------------------------------------------------------------------------------------- plain-PyTorch twin

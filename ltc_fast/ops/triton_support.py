@@ -18,7 +18,7 @@ except ImportError:  # the package works without it: every op falls back to its 
     triton = None
     tl = None
 
-FAST = "triton"  # the name of the fast backend of the ops that use Triton
+TRITON = "triton"  # the fast backend of the ops whose kernels are Triton (their FAST_BACKEND)
 
 
 def triton_available() -> bool:
@@ -44,7 +44,7 @@ def triton_applies(requested: str | None, *tensors: torch.Tensor) -> tuple[bool,
     devices = {t.device.type for t in tensors}
     if devices == {"cuda"}:
         return True, ""
-    if devices == {"cpu"} and interpreting() and requested == FAST:
+    if devices == {"cpu"} and interpreting() and requested == TRITON:
         return True, ""
     if devices == {"cpu"}:
         return False, "the tensors are on the CPU; Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 " \
