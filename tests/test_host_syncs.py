@@ -69,11 +69,12 @@ def _count(step) -> collections.Counter:
     return counts
 
 
+@pytest.mark.parametrize("problem_type", ["multi_label_classification", "single_label_classification"])
 @pytest.mark.parametrize("check_inputs,expected", [(False, 0), (True, 1)])
-def test_padded_training_step(check_inputs, expected):
-    model = _model(check_inputs, sequence_packing="padded").train()
+def test_padded_training_step(check_inputs, expected, problem_type):
+    model = _model(check_inputs, sequence_packing="padded", problem_type=problem_type).train()
     ids, mask = text_batch(3, 9, pad_id=0)
-    labels = random_targets("multi_label_classification", 3, 5)
+    labels = random_targets(problem_type, 3, 5)
     counts = _count(lambda: model(ids, mask, labels=labels).loss.backward())
     assert sum(counts.values()) == expected, counts
 

@@ -110,10 +110,11 @@ def _describe(tensor) -> str:
 
 def _data_checks_allowed(check_values: bool) -> bool:
     """Value checks (class ids in range, 0/1 masks) read the data: a host sync, skipped when the caller says it
-    checked them; under torch.compile they would break the graph, so they run in eager mode only. There an out-of-range class id still never passes silently: the CPU
-    kernel raises, the CUDA kernel gives that row a NaN loss and NaN gradients (a device assert would kill the
-    CUDA context), and torch's twin raises on the CPU and device-asserts on CUDA."""
-    return not torch.compiler.is_compiling()
+    checked them; under torch.compile they would break the graph, so they run in eager mode only. There an
+    out-of-range class id still never passes silently: the CPU kernel raises, the CUDA kernel gives that row a
+    NaN loss and NaN gradients (a device assert would kill the CUDA context), and torch's twin raises on the CPU
+    and device-asserts on CUDA."""
+    return check_values and not torch.compiler.is_compiling()
 
 
 def _check_logits(logits) -> None:
