@@ -192,8 +192,8 @@ def main(argv=None) -> None:
     table = markdown(results, link_from(page, path))
     print(table)
     if args.docs:
-        replace_section("large-labels-table", f"{table}\n\n![large labels]({link_from(page, path.with_suffix('.png'))})",
-                        page)
+        plot_link = link_from(page, path.with_suffix(".png"))
+        replace_section("large-labels-table", f"{table}\n\n![large labels]({plot_link})", page)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,9 @@ def load_pretrained(
     attn_implementation: str | None = None,
     **encoder_config_overrides,
 ) -> PreTrainedModel:
-    """`model_class.from_pretrained`: load an ltc_fast checkpoint, a saved reference checkpoint (label rows at the end of the word
-    embeddings; `pytorch_model.bin` or safetensors) or a plain encoder (a new head and label table,
-    initialised by `label_init`: random | avg | label_name | cls).
+    """`model_class.from_pretrained`: load an ltc_fast checkpoint, a saved reference checkpoint (label rows at
+    the end of the word embeddings; `pytorch_model.bin` or safetensors) or a plain encoder (a new head and label
+    table, initialised by `label_init`: random | avg | label_name | cls).
 
     The execution options of `LtcConfig` (`label_positions`, `label_attention`, `label_chunk_size`,
     `sampled_negatives`, `negative_sampling`, `sequence_packing`, `ops_backend`) are accepted here too

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import (OP_DEVICE, assert_relative_close, logit_scale, needs_triton, random_targets, reference_and_ltc,
-                      text_batch)
+from tests.helpers import (OP_DEVICE, assert_relative_close, logit_scale, needs_triton, random_targets,
+                           reference_and_ltc, text_batch)
 from ltc_fast.ops import label_embedding, label_head
 
 ROOT = Path(__file__).resolve().parents[1]

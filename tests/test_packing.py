@@ -171,7 +171,8 @@ def test_varlen_attention_equals_masked_sdpa(dtype):
     heads, dim = 3, 7
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     q, k, v = (torch.randn(1, heads, sum(lengths), dim, dtype=dtype) for _ in range(3))
-    got = attention._varlen_attention(q, k, v, attention.PackedSequences(cu, max(lengths), cu.tolist()), 0.0, dim ** -0.5)
+    packed = attention.PackedSequences(cu, max(lengths), cu.tolist())
+    got = attention._varlen_attention(q, k, v, packed, 0.0, dim ** -0.5)
     assert got.shape == (1, sum(lengths), heads, dim)
     for b, (start, length) in enumerate(zip(cu.tolist(), lengths)):
         pad = max(lengths) - length

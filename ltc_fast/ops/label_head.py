@@ -10,7 +10,8 @@ Two implementations of one function, chosen by `ltc_fast.ops.dispatch.resolve_ba
 
 Dropout: the kernel draws its keep mask from Philox (`tl.rand4x`, four draws per call: see `_draws`) at a seed
 drawn from torch's default generator (so `torch.manual_seed` makes runs reproducible) and the element's label
-item and column; the backward recomputes the same mask. `dropout_keep_mask` materialises that mask, so the twin can be checked with it.
+item and column; the backward recomputes the same mask. `dropout_keep_mask` materialises that mask, so the
+twin can be checked with it.
 
 Layouts: padded `hidden_states` `[B, S, H]` (label i of sequence b at position `LABEL_START + i`) or packed
 `[total, H]` with `label_rows` int64 `[B, N]` (see `ltc_fast.layout.packed_label_rows`).
