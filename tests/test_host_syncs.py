@@ -137,5 +137,7 @@ def test_cuda_sync_detector_agrees(packing, expected):
             model(ids, mask, labels=labels).loss.backward()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    # Only torch's per-sync warning counts: the first call of set_sync_debug_mode also warns that the mode is a
+    # prototype ("... does not yet detect all synchronizing operations"), which is not a sync.
+    syncs = [w for w in caught if "called a synchronizing cuda operation" in str(w.message).lower()]
     assert len(syncs) == expected, [str(w.message) for w in syncs]
