@@ -36,6 +36,9 @@ BUNDLE = "gpu-check.tar.gz"
 REPORT = "report.txt"
 GRACE_S = 10.0  # a timed-out stage gets SIGINT this long before its cap, so pytest still writes XML and JSON
 TAIL_LINES = 15
+MAX_CRASHES = 3  # restarts of a test stage that died of a signal
+RECORD_ENV_VAR = "LTC_FAST_STAGE_RECORD"  # bench/stage_record.py writes each test's start and outcome there
+RECORD_SUFFIX = ".record.jsonl"
 TALLY = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
 # Default caps (s), in run order; they sum to 480 s. Overridable with --cap STAGE=SECONDS.
 CAPS = {"build": 90, "env": 30, "tests-gpu": 60, "tests-ops": 90, "ops": 45, "e2e": 120, "large-labels": 45}
@@ -57,7 +60,8 @@ class Stage:
 
 def build_stages(out: Path, dry_run: bool) -> list[Stage]:
     py = sys.executable  # the machine's own python and torch (make passes python3): nothing is installed
-    pytest = [py, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider"]
+    # bench.stage_record: each test's start and outcome as it happens, so a crash loses nothing (run_stage)
+    pytest = [py, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-p", "bench.stage_record"]
     op_test_files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_op_*.py"))
     if dry_run:
         build = [py, "-c", "import glob; print('dry run, no rebuild; prebuilt:', glob.glob('ltc_fast/_loss_ext*'))"]
@@ -114,47 +118,125 @@ def _kill_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)  # the stage's own session: its compile workers and subprocesses too
 
 
-def run_stage(stage: Stage, out: Path, allowed_s: float, env: dict) -> dict:
-    """Run one stage under its cap; its stdout+stderr go to DIR/<name>.log as they come."""
-    log_path = out / f"{stage.name}.log"
-    before = _bench_results() if stage.collect else {}
-    start, timed_out, note = time.monotonic(), False, None
-    with log_path.open("w") as log:
-        log.write(f"$ {shlex.join(stage.argv)}\n")
-        log.flush()
+def _run_process(argv: list[str], log, env: dict, seconds: float) -> tuple[int | None, bool, str | None]:
+    """(exit code, timed out, note) of one subprocess under a wall-clock cap, its output appended to `log`."""
+    log.write(f"$ {shlex.join(argv)}\n")
+    log.flush()
+    try:
+        process = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+    except OSError as error:
+        return None, False, f"could not start: {error}"
+    try:
+        return process.wait(max(seconds - GRACE_S, 1.0)), False, None
+    except subprocess.TimeoutExpired:
+        _kill_group(process, signal.SIGINT)  # pytest's KeyboardInterrupt path writes XML and JSON
         try:
-            process = subprocess.Popen(stage.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                       env={**env, **stage.env}, start_new_session=True)
-        except OSError as error:
-            process, code, note = None, None, f"could not start: {error}"
-        if process is not None:
+            code = process.wait(GRACE_S)
+        except subprocess.TimeoutExpired:
+            _kill_group(process, signal.SIGKILL)
+            code = process.wait()
+        _kill_group(process, signal.SIGKILL)
+        return code, True, f"stopped after {seconds:.0f} s"
+    except BaseException:  # Ctrl-C of gpu_check itself: leave no stage running behind it
+        _kill_group(process, signal.SIGKILL)
+        raise
+
+
+def read_record(path: Path) -> tuple[dict[str, str], list[str]]:
+    """A test stage's record (bench/stage_record.py): ({nodeid: outcome} of the finished tests, [nodeid of each
+    test that started and never finished: the one running when the process died])."""
+    outcomes, started = {}, []
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
             try:
-                code = process.wait(max(allowed_s - GRACE_S, 1.0))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(process, signal.SIGINT)  # pytest's KeyboardInterrupt path writes XML and JSON
-                try:
-                    code = process.wait(GRACE_S)
-                except subprocess.TimeoutExpired:
-                    _kill_group(process, signal.SIGKILL)
-                    code = process.wait()
-            except BaseException:  # Ctrl-C of gpu_check itself: leave no stage running behind it
-                _kill_group(process, signal.SIGKILL)
-                raise
-            if timed_out:
-                _kill_group(process, signal.SIGKILL)
-                note = f"stopped after {allowed_s:.0f} s"
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the crash
+                continue
+            if "outcome" in entry:
+                outcomes[entry["nodeid"]] = entry["outcome"]
+            else:
+                started.append(entry["nodeid"])
+    return outcomes, [nodeid for nodeid in started if nodeid not in outcomes]
+
+
+def _signal_name(code: int) -> str:
+    with contextlib.suppress(ValueError):
+        return signal.Signals(-code).name
+    return f"signal {-code}"
+
+
+def native_backtrace(nodeid: str, target: Path, env: dict, seconds: float) -> bool:
+    """Run one test under gdb (cuda-gdb on a CUDA machine) and keep its native backtrace: the Python trace of a
+    segfault stops at the call into C++, which is where the question starts."""
+    debugger = shutil.which("cuda-gdb") or shutil.which("gdb")
+    if debugger is None or seconds < 5:
+        return False
+    argv = [debugger, "-q", "-batch", "-ex", "run", "-ex", "bt 40", "--args",
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", nodeid]
+    with target.open("w") as log:
+        _run_process(argv, log, {**env, RECORD_ENV_VAR: ""}, seconds)
+    return True
+
+
+def run_stage(stage: Stage, out: Path, allowed_s: float, env: dict) -> dict:
+    """Run one stage under its cap; its stdout+stderr go to DIR/<name>.log as they come. A pytest stage that dies
+    of a signal is started again without the tests it already ran (its record knows them), up to MAX_CRASHES
+    times, after a native backtrace of the crashing test (DIR/<name>-backtrace.log) where a debugger exists."""
+    log_path = out / f"{stage.name}.log"
+    record_path = out / f"{stage.name}{RECORD_SUFFIX}"
+    is_pytest = "pytest" in stage.argv
+    stage_env = {**env, **stage.env, **({RECORD_ENV_VAR: str(record_path)} if is_pytest else {})}
+    before = _bench_results() if stage.collect else {}
+    start = time.monotonic()
+    remaining = lambda: allowed_s - (time.monotonic() - start)  # noqa: E731
+    crashes = []
+    with log_path.open("w") as log:
+        code, timed_out, note = _run_process(stage.argv, log, stage_env, allowed_s)
+        while is_pytest and code is not None and code < 0 and not timed_out and len(crashes) < MAX_CRASHES:
+            crashed = read_record(record_path)[1]
+            if not crashed:
+                break
+            crashes.append({"test": crashed[-1], "signal": _signal_name(code)})
+            backtrace = out / f"{stage.name}-backtrace.log"
+            debug_s = min(60.0, remaining() / 3)  # the first crash only: later ones are most likely the same
+            if not backtrace.exists() and native_backtrace(crashed[-1], backtrace, stage_env, debug_s):
+                stage.outputs.append(backtrace.name)
+            log.write(f"\n[gpu-check] {stage.name}: died of {crashes[-1]['signal']} in {crashed[-1]}; started again "
+                      "without the tests already run\n")
+            # A JUnit file of its own per restart: the first one's is gone with the crash
+            argv = [re.sub(r"\.xml$", f"-restart{len(crashes)}.xml", arg) if arg.startswith("--junitxml=") else arg
+                    for arg in stage.argv]
+            stage.outputs.extend(Path(arg.partition("=")[2]).name for arg in argv if arg.startswith("--junitxml="))
+            code, timed_out, note = _run_process(argv, log, stage_env, remaining())
     if stage.collect and collect_bench_json(before, out / f"{stage.name}.json"):
         stage.outputs.append(f"{stage.name}.json")
-    status = "timeout" if timed_out else "passed" if code == 0 else "failed"
+    status = "timeout" if timed_out else "passed" if code == 0 and not crashes else "failed"
+    if crashes:
+        note = "; ".join(f"died of {crash['signal']} in {crash['test']}" for crash in crashes) + (
+            f"; {note}" if note else "")
     record = {"name": stage.name, "status": status, "exit_code": code,
               "duration_s": round(time.monotonic() - start, 1), "allowed_s": round(allowed_s, 1),
               "command": shlex.join(stage.argv), "outputs": [log_path.name, *(f for f in stage.outputs
                                                                                if (out / f).exists())],
               "note": note}
-    if "pytest" in stage.argv:
-        record["tests"] = pytest_tally(log_path.read_text(errors="replace"))
+    if is_pytest:
+        record["tests"] = tests_tally(record_path, log_path.read_text(errors="replace"), len(crashes))
+        if crashes:
+            record["crashed"] = crashes
     return record
+
+
+def tests_tally(record_path: Path, log: str, crashed: int) -> dict[str, int] | None:
+    """Counts per outcome: from the stage's record (complete across crashes and restarts), else from pytest's
+    closing line."""
+    outcomes = read_record(record_path)[0]
+    if not outcomes:
+        return pytest_tally(log)
+    counts: dict[str, int] = {}
+    for outcome in outcomes.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return {**counts, "crashed": crashed} if crashed else counts
 
 
 def pytest_tally(log: str) -> dict[str, int] | None:
@@ -271,9 +353,11 @@ def main(argv=None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     # A reused folder: files of an earlier run would pass for this one's (outputs are listed if they exist).
-    for name in {f"{stage}{ext}" for stage in CAPS for ext in (".log", ".xml", ".json", ".png")} | {
-            "summary.json", REPORT, BUNDLE}:
+    stage_files = (".log", ".xml", ".json", ".png", RECORD_SUFFIX, "-backtrace.log")
+    for name in {f"{stage}{ext}" for stage in CAPS for ext in stage_files} | {"summary.json", REPORT, BUNDLE}:
         (out / name).unlink(missing_ok=True)
+    for restart_xml in out.glob("*-restart*.xml"):
+        restart_xml.unlink()
     caps = {**CAPS, **dict(args.cap)}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if args.dry_run:

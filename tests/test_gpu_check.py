@@ -2,6 +2,8 @@
 the rare runs on a GPU machine; the bookkeeping (timeouts, failures, results copied) is checked on stand-in stages."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -89,3 +91,48 @@ def test_pytest_tally():
     log = "....\n=== short test summary ===\nFAILED x\n2 failed, 40 passed, 3 skipped, 1 error in 9.12s (0:00:09)\n"
     assert gpu_check.pytest_tally(log) == {"failed": 2, "passed": 40, "skipped": 3, "error": 1}
     assert gpu_check.pytest_tally("collecting ... KeyboardInterrupt") is None
+
+
+CRASHING_TESTS = '''
+import os, signal
+
+def test_before():
+    pass
+
+def test_fails():
+    assert False
+
+def test_crashes():
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+def test_after():
+    pass
+'''
+
+
+def test_a_test_stage_that_dies_of_a_signal_is_restarted_without_the_tests_it_ran(tmp_path, monkeypatch):
+    tests = tmp_path / "test_crashing.py"
+    tests.write_text(CRASHING_TESTS)
+    monkeypatch.setattr(gpu_check, "native_backtrace", lambda *args: False)  # gdb's run is checked below
+    stage = gpu_check.Stage("tests-x", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                                        "bench.stage_record", str(tests), f"--junitxml={tmp_path / 'tests-x.xml'}"])
+    record = gpu_check.run_stage(stage, tmp_path, allowed_s=120.0, env=dict(os.environ))
+    assert record["status"] == "failed" and record["exit_code"] == 0  # the restart ran test_after and passed
+    assert [(crash["signal"], crash["test"].rpartition("/")[2]) for crash in record["crashed"]] == [
+        ("SIGSEGV", "test_crashing.py::test_crashes")]
+    assert record["tests"] == {"passed": 2, "failed": 1, "crashed": 1}
+    assert "died of SIGSEGV" in record["note"] and "tests-x-restart1.xml" in record["outputs"]
+    restart_xml = (tmp_path / "tests-x-restart1.xml").read_text()
+    assert "test_after" in restart_xml and "test_before" not in restart_xml
+
+
+@pytest.mark.skipif(shutil.which("gdb") is None, reason="needs gdb")
+def test_the_native_backtrace_of_a_crashing_test_is_kept(tmp_path):
+    tests = tmp_path / "test_crashing.py"
+    tests.write_text(CRASHING_TESTS)
+    target = tmp_path / "bt.log"
+    assert gpu_check.native_backtrace(f"{tests}::test_crashes", target, dict(os.environ), 60.0)
+    text = target.read_text()
+    if "ptrace" in text and "#0" not in text:
+        pytest.skip("this machine does not allow ptrace")
+    assert "SIGSEGV" in text and "#0" in text
