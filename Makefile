@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
-	$(PY) -m ltc_fast.demo
+	$(PY) -m ltc_fast.app.demo
 
 clean:
 	rm -rf $(VENV) demo_output gpu-check-out build *.egg-info ltc_fast/_loss_ext*.so

@@ -23,10 +23,12 @@ from transformers import logging as hf_logging
 
 from ltc_fast import AutoModelForTokenSequenceClassification, from_reference_state_dict
 from ltc_fast.config import MULTI_LABEL
-from ltc_fast.data import LabelTokenCollator, goemotions_label_names, tokenize_texts
-from ltc_fast.demo import bundled_minilm_path
-from ltc_fast.finetune import Schedule, as_examples, evaluate_multilabel, fine_tune, goemotions_subset
-from ltc_fast.provenance import provenance
+from ltc_fast import LabelTokenCollator, tokenize_texts
+from ltc_fast.app.demo import bundled_minilm_path
+from ltc_fast.app.evaluation import evaluate_multilabel
+from ltc_fast.app.finetune import Schedule, as_examples, fine_tune
+from ltc_fast.app.goemotions import goemotions_label_names, goemotions_subset
+from ltc_fast.app.provenance import provenance
 from ltc_fast.reference import ReferenceLabelTokenModel, reference_tokenize
 
 from .report import DOCS, RESULTS_DIR, link_from, replace_section

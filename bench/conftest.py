@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ltc_fast.provenance import provenance
+from ltc_fast.app.provenance import provenance
 
 from .contenders import BASELINE
 from .measure import bf16_matmul_peak_flops, copy_bandwidth_gbps

@@ -285,9 +285,9 @@ def write_env(path: Path) -> None:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME
 
-    from ltc_fast.backends import backends
+    from ltc_fast import backends
     from ltc_fast.ops import extension_status
-    from ltc_fast.provenance import provenance
+    from ltc_fast.app.provenance import provenance
 
     def output(argv) -> str | None:
         try:

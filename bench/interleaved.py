@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from ltc_fast.provenance import provenance
+from ltc_fast.app.provenance import provenance
 
 from .contenders import BASELINE, build_model, make_batch
 from .workloads import WORKLOADS, roberta_base_config

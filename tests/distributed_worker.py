@@ -87,7 +87,7 @@ def run_sampling(job: dict, folder: str) -> None:
 def run_trainer(job: dict, folder: str) -> None:
     from transformers import AutoTokenizer, Trainer, TrainingArguments
 
-    from ltc_fast.data import LabelTokenCollator
+    from ltc_fast import LabelTokenCollator
 
     model = Model.from_pretrained(os.path.join(folder, "initial"))
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))

@@ -3,7 +3,7 @@
 import pytest
 
 import ltc_fast
-from ltc_fast import cli
+from ltc_fast.app import cli
 from ltc_fast.ops import dispatch, loss_extension
 
 

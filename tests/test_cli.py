@@ -15,8 +15,9 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
-from ltc_fast import cli, tokenize_texts
-from ltc_fast.metrics import multilabel_metrics
+from ltc_fast import tokenize_texts
+from ltc_fast.app import cli
+from ltc_fast.app.evaluation import multilabel_metrics
 from ltc_fast.prediction import predict_probas
 from ltc_fast.reference import ReferenceLabelTokenModel, reference_tokenize
 from tests.helpers import save_tiny_encoder

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ltc_fast.data import (LabelTokenCollator, goemotions_label_names, load_goemotions, tokenize_texts)
+from ltc_fast import LabelTokenCollator, tokenize_texts
+from ltc_fast.app.goemotions import goemotions_label_names, load_goemotions
 from ltc_fast.reference import add_label_tokens, reference_tokenize
 from tests.helpers import VOCAB
 

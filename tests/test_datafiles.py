@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ltc_fast.datafiles import DataFileError, read_label_names, read_labeled, read_texts
+from ltc_fast.app.datafiles import DataFileError, read_label_names, read_labeled, read_texts
 
 
 def _write(path, text):
@@ -61,8 +61,8 @@ def test_goemotions_tsv_gzipped_and_plain(tmp_path):
 
 
 def test_the_bundled_goemotions_files_read_with_their_label_file():
-    names = read_label_names("ltc_fast/datasets/goemotions/labels.txt")
-    data = read_labeled("ltc_fast/datasets/goemotions/dev.tsv.gz", names)
+    names = read_label_names("ltc_fast/app/bundled/goemotions/labels.txt")
+    data = read_labeled("ltc_fast/app/bundled/goemotions/dev.tsv.gz", names)
     assert len(names) == 28 and len(data) > 5000
     assert all(labels and max(labels) < 28 for labels in data.labels)
 

@@ -235,7 +235,7 @@ def test_decoupled_survives_save_and_reload(tmp_path):
 def test_trainer_trains_and_evaluates_with_sampled_labels(tmp_path):
     from transformers import Trainer, TrainingArguments
 
-    from ltc_fast.data import LabelTokenCollator
+    from ltc_fast import LabelTokenCollator
 
     model = decoupled_model("bert", 30, label_positions="shared", sampled_negatives=4, label_chunk_size=8)
     examples = [{"input_ids": [2, 10 + i % 5, 40, 3], "labels": [i % 5]} for i in range(16)]

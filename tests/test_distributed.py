@@ -256,7 +256,7 @@ def test_single_process_helpers(tmp_path):
 
 
 def test_the_command_trains_under_torchrun(tmp_path):
-    """`torchrun -m ltc_fast.cli train`: the ranks share one staging directory, rank 0 alone writes the model
+    """`torchrun -m ltc_fast train`: the ranks share one staging directory, rank 0 alone writes the model
     directory, and nothing half-written is left beside it."""
     from tests.helpers import save_tiny_encoder
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ltc_fast.metrics import multilabel_metrics, single_label_metrics
+from ltc_fast.app.evaluation import multilabel_metrics, single_label_metrics
 
 
 def test_multilabel_metrics_use_probabilities_for_auc():
@@ -32,7 +32,7 @@ def test_shape_mismatch():
 
 
 def test_per_label_thresholds_and_table():
-    from ltc_fast.metrics import multilabel_report
+    from ltc_fast.app.evaluation import multilabel_report
 
     targets = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
     probas = np.array([[0.9, 0.2], [0.4, 0.6], [0.45, 0.7], [0.1, 0.4]])
@@ -47,7 +47,7 @@ def test_per_label_thresholds_and_table():
 
 
 def test_tuned_thresholds_maximise_each_labels_f1():
-    from ltc_fast.metrics import THRESHOLD_GRID, tune_label_thresholds
+    from ltc_fast.app.evaluation import THRESHOLD_GRID, tune_label_thresholds
 
     targets = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
     probas = np.array([[0.9, 0.2, 0.3], [0.4, 0.6, 0.1], [0.45, 0.7, 0.2], [0.1, 0.4, 0.9]])
@@ -67,7 +67,7 @@ def f1_at(scores, truth, threshold):
 
 
 def test_single_label_report_has_a_row_per_label():
-    from ltc_fast.metrics import single_label_report
+    from ltc_fast.app.evaluation import single_label_report
 
     probas = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.1, 0.4]])
     rows = single_label_report(probas, [0, 1, 2], ["x", "y", "z"])["per_label"]

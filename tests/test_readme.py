@@ -66,7 +66,7 @@ def _command_lines(markdown: str) -> list[str]:
 def test_readme_command_lines_parse():
     import shlex
 
-    from ltc_fast.cli import build_parser
+    from ltc_fast.app.cli import build_parser
 
     commands = [command for page in PAGES for command in _command_lines(page.read_text())]
     assert {shlex.split(c)[1] for c in commands} == {"train", "eval", "predict", "convert", "bench", "info"}

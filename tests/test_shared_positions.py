@@ -10,7 +10,7 @@ from tests.helpers import assert_relative_close, encoder_config, label_names, lo
 
 import ltc_fast
 from ltc_fast import layout
-from ltc_fast.data import tokenize_texts
+from ltc_fast import tokenize_texts
 from ltc_fast.encoders import modes_supported
 
 Model = ltc_fast.AutoModelForTokenSequenceClassification

@@ -8,7 +8,7 @@ from transformers import Trainer, TrainingArguments
 
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
 from ltc_fast import LtcConfig
-from ltc_fast.data import LabelTokenCollator
+from ltc_fast import LabelTokenCollator
 from tests.helpers import encoder_config
 
 NUM_LABELS = 4

@@ -72,7 +72,7 @@ def _add_run_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import LABEL_ATTENTIONS, LABEL_INITS, LABEL_POSITIONS, SEQUENCE_PACKING
+    from ..config import LABEL_ATTENTIONS, LABEL_INITS, LABEL_POSITIONS, SEQUENCE_PACKING
 
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=_Formatter,
@@ -299,14 +299,14 @@ def _train(args) -> int:
 
 
 def _load(args):
-    from .modeling import load_classifier
+    from ..modeling import load_classifier
 
     model, tokenizer = load_classifier(args.model)
     return model.to(_device(args.device)), tokenizer
 
 
 def _eval(args) -> int:
-    from .checkpoints import is_reference_checkpoint
+    from ..checkpoints import is_reference_checkpoint
     from .evaluation import evaluate, format_report, report_from_probas, tuned_thresholds
     from .output import write_json
 
@@ -356,7 +356,7 @@ def _predict(args) -> int:
 
 
 def _write_predictions(out, model, tokenizer, texts, args) -> None:
-    from .prediction import iter_predictions
+    from ..prediction import iter_predictions
 
     batches = iter_predictions(model, tokenizer, texts, args.top_k, args.threshold, args.batch_size,
                                args.max_length, progress=args.input != "-")
@@ -369,11 +369,10 @@ def _write_predictions(out, model, tokenizer, texts, args) -> None:
 
 
 def _convert(args) -> int:
-    from .checkpoints import is_reference_checkpoint
-    from .modeling import AutoModelForTokenSequenceClassification
+    from ..checkpoints import is_reference_checkpoint
+    from ..modeling import AutoModelForTokenSequenceClassification, load_classifier
+    from ..reference import reference_from_ltc
     from .output import check_output_dir, staged_output_dir
-    from .modeling import load_classifier
-    from .reference import reference_from_ltc
 
     check_output_dir(args.out, args.overwrite)
     source = args.from_reference or args.to_reference
@@ -394,7 +393,7 @@ def _convert(args) -> int:
 
 
 def _info(args) -> int:
-    from .backends import backends
+    from ..backend_report import backends
     from .provenance import provenance
 
     meta = provenance()
@@ -407,7 +406,7 @@ def _info(args) -> int:
 
 
 def _bench(args) -> int:
-    from .benchmarks import run_benchmarks
+    from .bench_command import run_benchmarks
 
     return run_benchmarks(args.pytest_args, args.bench_dir, args.smoke)
 

@@ -2,7 +2,7 @@
 beside a CLS-head baseline (`AutoModelForSequenceClassification`) trained the same way; print dev
 metrics, save the model, reload it and show a prediction.
 
-    python -m ltc_fast.demo [--train-size 2400] [--epochs 2] [--out demo_output]
+    python -m ltc_fast.app.demo [--train-size 2400] [--epochs 2] [--out demo_output]
 
 The defaults (300 optimizer steps) finish in about 5 minutes on 2 CPU cores.
 """
@@ -18,10 +18,12 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers import logging as hf_logging
 
-from .config import MULTI_LABEL
-from .data import LabelTokenCollator, goemotions_label_names, tokenize_texts
-from .finetune import Schedule, as_examples, evaluate_multilabel, fine_tune, goemotions_subset
-from .modeling import AutoModelForTokenSequenceClassification
+from ..batching import LabelTokenCollator, tokenize_texts
+from ..config import MULTI_LABEL
+from ..modeling import AutoModelForTokenSequenceClassification
+from .evaluation import evaluate_multilabel
+from .finetune import Schedule, as_examples, fine_tune
+from .goemotions import goemotions_label_names, goemotions_subset
 from .provenance import provenance
 
 

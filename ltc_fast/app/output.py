@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 
-from . import distributed
+from .. import distributed
 
 
 def check_output_dir(out: str, overwrite: bool) -> None:

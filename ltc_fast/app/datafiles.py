@@ -22,7 +22,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from .config import MULTI_LABEL, normalize_problem_type
+from ..config import MULTI_LABEL, normalize_problem_type
 
 FORMATS = ("auto", "jsonl", "csv", "tsv", "goemotions")
 TEXT_FORMATS = ("auto", "lines", "jsonl", "csv", "tsv")

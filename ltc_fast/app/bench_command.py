@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def find_bench_dir(bench_dir: str | None = None) -> Path:
-    """`bench_dir`, else `bench/` next to the package (an editable install or a source checkout)."""
-    candidate = Path(bench_dir) if bench_dir else Path(__file__).resolve().parents[1] / "bench"
+    """`bench_dir`, else `bench/` next to the `ltc_fast` package (an editable install or a source checkout)."""
+    candidate = Path(bench_dir) if bench_dir else Path(__file__).resolve().parents[2] / "bench"
     if not (candidate / "conftest.py").is_file():
         where = f"{str(candidate)!r} is not the benchmark folder (no conftest.py)" if bench_dir else (
             "no bench/ folder next to the installed package")

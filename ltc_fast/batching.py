@@ -1,14 +1,12 @@
-"""Tokenization with the reference's truncation budget, batch collation and the bundled GoEmotions data."""
+"""From texts to model batches: tokenization with the reference's truncation budget, and batch collation."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
 import torch
 
 from .config import MULTI_LABEL, normalize_problem_type
-from .datafiles import read_labeled
 from .layout import label_slots
 
 
@@ -72,23 +70,3 @@ class LabelTokenCollator:
                 raise ValueError(f"label index out of range [0, {self.num_labels - 1}]: {labels.tolist()}")
             multi_hot[labels.long()] = 1.0
         return multi_hot
-
-
-# ---------------------------------------------------------------------------- bundled GoEmotions
-GOEMOTIONS_SPLITS = ("train", "dev", "test")
-
-
-def goemotions_label_names() -> list[str]:
-    text = resources.files("ltc_fast").joinpath("datasets/goemotions/labels.txt").read_text(encoding="utf-8")
-    return text.split()
-
-
-def load_goemotions(split: str, limit: int | None = None) -> tuple[list[str], list[list[int]]]:
-    """Texts and label-index lists of a GoEmotions split (bundled, Apache-2.0; see its README), read by the
-    same GoEmotions-format reader as `ltc-fast train --train FILE`."""
-    if split not in GOEMOTIONS_SPLITS:
-        raise ValueError(f"split must be one of {GOEMOTIONS_SPLITS}, got {split!r}")
-    bundled = resources.files("ltc_fast").joinpath(f"datasets/goemotions/{split}.tsv.gz")
-    with resources.as_file(bundled) as path:
-        data = read_labeled(str(path), goemotions_label_names(), fmt="goemotions")
-    return data.texts[:limit], data.labels[:limit]

@@ -4,23 +4,19 @@
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from scipy.special import expit, softmax
-from transformers import AutoConfig, AutoTokenizer, EvalPrediction, Trainer, TrainingArguments, set_seed
+from transformers import AutoConfig, AutoTokenizer, Trainer, TrainingArguments, set_seed
 
-from . import checkpoints, distributed
-from .config import MULTI_LABEL, LtcConfig, normalize_problem_type
-from .data import LabelTokenCollator, load_goemotions, tokenize_texts
+from .. import checkpoints, distributed
+from ..batching import LabelTokenCollator, tokenize_texts
+from ..config import MULTI_LABEL, LtcConfig, normalize_problem_type
+from ..modeling import AutoModelForTokenSequenceClassification
 from .datafiles import LabeledData
-from .evaluation import evaluate, report_from_probas, tuned_thresholds
-from .metrics import multilabel_metrics, single_label_metrics
-from .modeling import AutoModelForTokenSequenceClassification
+from .evaluation import classification_metrics, evaluate, report_from_probas, tuned_thresholds
 from .output import write_json
 from .provenance import provenance
 
@@ -32,15 +28,6 @@ class Schedule:
     lr: float = 3e-4
     seed: int = 0
     logging_steps: int = 50
-
-
-def goemotions_subset(split: str, size: int | None, seed: int):
-    """A seeded random subset of a GoEmotions split (all of it when `size` is None)."""
-    texts, labels = load_goemotions(split)
-    if size is None or size >= len(texts):
-        return texts, labels
-    order = random.Random(seed).sample(range(len(texts)), size)
-    return [texts[i] for i in order], [labels[i] for i in order]
 
 
 def as_examples(encoded, labels) -> list[dict]:
@@ -75,33 +62,6 @@ def fine_tune(model, train_examples, collator, schedule: Schedule, output_dir: s
     start = time.perf_counter()
     trainer.train()
     return trainer, time.perf_counter() - start
-
-
-def evaluate_multilabel(trainer: Trainer, examples, collator: LabelTokenCollator, threshold: float) -> dict:
-    """Metrics of `multilabel_metrics` on the sigmoid of the model's logits (its first output)."""
-    predictions = trainer.predict(examples).predictions
-    logits = predictions[0] if isinstance(predictions, tuple) else predictions
-    probas = probabilities(logits, MULTI_LABEL)
-    targets = np.stack([collator.target(ex["labels"]).numpy() for ex in examples])
-    return multilabel_metrics(probas, targets, threshold=threshold)
-
-
-def probabilities(logits, problem_type: str) -> np.ndarray:
-    """sigmoid (multi-label) or softmax over labels (single-label), without overflow at extreme logits."""
-    logits = np.asarray(logits, dtype=np.float64)
-    return expit(logits) if problem_type == MULTI_LABEL else softmax(logits, axis=-1)
-
-
-def classification_metrics(problem_type: str, threshold: float):
-    """`compute_metrics` for the Trainer: the metrics of `ltc_fast.metrics` on the model's logits."""
-    def compute(prediction: EvalPrediction) -> dict:
-        logits = prediction.predictions
-        logits = logits[0] if isinstance(logits, tuple) else logits  # (logits, probas)
-        probas = probabilities(logits, problem_type)
-        if problem_type == MULTI_LABEL:
-            return multilabel_metrics(probas, prediction.label_ids, threshold)
-        return single_label_metrics(probas, prediction.label_ids)
-    return compute
 
 
 @dataclass
