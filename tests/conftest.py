@@ -11,7 +11,7 @@ import zlib
 import pytest
 import torch
 
-from tests.helpers import make_tiny_tokenizer
+from tests.helpers import OP_DEVICE, make_tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +37,39 @@ def tiny_tokenizer():
     return make_tiny_tokenizer()
 
 
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """What the ops of `ltc_fast.ops` ran during the test, in call order: each plain-PyTorch twin called
+    (`"<op>_torch"`, e.g. `"label_loss_and_probas_torch"`) and each of ltc_fast's custom ops dispatched, forward
+    and backward (`"ltc_fast::label_head"`, the Triton kernels; `"ltc_fast_ext::multi_label_forward"`, the loss
+    extension). Seen from outside the ops: the twins through their module attribute (which the public
+    functions call), the custom ops through a `TorchDispatchMode` (torch.library's documented hook on the
+    dispatcher), so a test asserts which backend ran without naming anything private."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ltc_fast.ops import label_embedding, label_head, label_loss
+
+    calls = []
+    for module in (label_embedding, label_head, label_loss):
+        name = f"{module.OP}_torch"
+        twin = getattr(module, name)
+
+        def spy(*args, _name=name, _twin=twin, **kwargs):
+            calls.append(_name)
+            return _twin(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+
+    class RecordCustomOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace in ("ltc_fast", "ltc_fast_ext"):
+                calls.append(func.name())
+            return func(*args, **(kwargs or {}))
+
+    with RecordCustomOps():
+        yield calls
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` skip cleanly on machines without CUDA."""
     if torch.cuda.is_available():
@@ -45,3 +78,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def unwritten_memory_is_nan():
+    """New floating-point tensors come filled with NaN: `torch.empty` / `new_empty` / `empty_like`, which the
+    launchers allocate their outputs with, under PyTorch's deterministic mode with
+    `torch.utils.deterministic.fill_uninitialized_memory` (its default). An output element a kernel leaves
+    unwritten then shows as NaN in the comparison with the twin. The previous settings are restored."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        assert torch.empty(3, device=OP_DEVICE).isnan().all()
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill

@@ -1,10 +1,12 @@
 """The fused label head: the Triton kernel (forced with backend="triton"; on the CPU in Triton's interpreter)
-against its plain-PyTorch twin, padded and packed, with and without dropout, forward and every gradient."""
+against its plain-PyTorch twin, padded and packed, with and without dropout, forward and every gradient, the
+outputs allocated NaN-poisoned."""
 
 import math
 
 import pytest
 import torch
+import torch.utils.deterministic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -52,7 +54,11 @@ def _kernel_mask(seed, batch, num_labels, hidden, p):
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("batch,num_labels,hidden", SHAPES)
-def test_kernel_matches_the_twin_forward_and_gradients(batch, num_labels, hidden, packed, dropout_p, fresh_seed):
+def test_kernel_matches_the_twin_forward_and_gradients(batch, num_labels, hidden, packed, dropout_p, fresh_seed,
+                                                      unwritten_memory_is_nan):
+    """Under `unwritten_memory_is_nan`: the logits and the dw partial sums are allocated NaN-filled, so the kernels
+    must write every element they own; dh is zero-initialised and written at the label rows only, where the
+    comparison with the twin's gradient checks every element."""
     (states, weight, bias), label_rows = _inputs(batch, num_labels, hidden, packed)
     training = dropout_p > 0
     torch.manual_seed(fresh_seed + 1)
@@ -74,27 +80,13 @@ def test_kernel_matches_the_twin_forward_and_gradients(batch, num_labels, hidden
     for what, a, e, scale in zip(("hidden states", "weight", "bias"), actual_grads, expected_grads, scales[1:]):
         assert_relative_close(a, e, 1e-5, what, scale=scale)
 
-    # The launchers write every element they own: NaN-poisoned logits, and NaN at the label rows of the
-    # gradient buffer (zeros elsewhere, which the kernel must leave alone).
-    detached = [t.detach() for t in (states, weight, bias)]
-    poisoned = torch.full_like(expected, float("nan"))
-    head.head_forward_triton(*detached, label_rows, num_labels, dropout_p, seed, out=poisoned)
-    assert_relative_close(poisoned, expected, 1e-5, "logits launcher", scale=scales[0])
-    grad_hidden = torch.zeros_like(states)
-    if label_rows is None:
-        grad_hidden[:, layout.LABEL_START:layout.LABEL_START + num_labels] = float("nan")
-    else:
-        grad_hidden[label_rows.flatten()] = float("nan")
-    head.head_backward_triton(grad, *detached, label_rows, num_labels, dropout_p, seed, grad_hidden=grad_hidden)
-    assert_relative_close(grad_hidden, expected_grads[0], 1e-5, "hidden-state gradient launcher", scale=scales[1])
-
 
 @needs_triton
 @settings(max_examples=12, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batch=st.integers(1, 6), num_labels=st.integers(1, 40), hidden=st.integers(1, 300), packed=st.booleans(),
        dropout_p=st.sampled_from([0.0, 0.1, 0.9]))
-def test_random_shapes_match_the_twin(batch, num_labels, hidden, packed, dropout_p):
+def test_random_shapes_match_the_twin(batch, num_labels, hidden, packed, dropout_p, unwritten_memory_is_nan):
     (states, weight, bias), label_rows = _inputs(batch, num_labels, hidden, packed)
     seed = torch.randint(1 << 20, ()).item()
     torch.manual_seed(seed)
@@ -148,19 +140,20 @@ def test_custom_ops_pass_opcheck():
     for packed in (False, True):
         (states, weight, bias), label_rows = _inputs(3, 2, 24, packed)
         seed = head.draw_dropout_seed()
-        torch.library.opcheck(head._head_op, (states, weight, bias, label_rows, 2, 0.25, seed))
-        torch.library.opcheck(head._head_op, (states, weight, bias, label_rows, 2, 0.0, None))
+        torch.library.opcheck(torch.ops.ltc_fast.label_head.default, (states, weight, bias, label_rows, 2, 0.25, seed))
+        torch.library.opcheck(torch.ops.ltc_fast.label_head.default, (states, weight, bias, label_rows, 2, 0.0, None))
         grad = torch.randn(3, 2, device=OP_DEVICE)
         detached = [t.detach() for t in (states, weight, bias)]  # the backward is not differentiable again
-        torch.library.opcheck(head._head_backward_op, (grad, *detached, label_rows, 2, 0.25, seed))
+        torch.library.opcheck(torch.ops.ltc_fast.label_head_backward.default,
+                              (grad, *detached, label_rows, 2, 0.25, seed))
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
-def test_auto_runs_the_twin_on_the_cpu(monkeypatch):
+def test_auto_runs_the_twin_on_the_cpu(monkeypatch, kernel_calls):
     monkeypatch.delenv(ENV_VAR, raising=False)
-    monkeypatch.setattr(head, "_head_op", lambda *args: pytest.fail("the Triton op ran on CPU tensors"))
     logits = head.label_head_logits(torch.randn(2, 5, 8), torch.randn(1, 8), torch.randn(1), 3)
     assert logits.shape == (2, 3)
+    assert kernel_calls == ["label_head_logits_torch"]
 
 
 def test_forcing_triton_without_it_says_how_to_get_it(monkeypatch):
@@ -226,14 +219,11 @@ def test_cuda_kernel_error_is_at_most_twice_torchs_own(dtype):
 
 @pytest.mark.gpu
 @needs_triton
-def test_cuda_auto_picks_triton(monkeypatch):
+def test_cuda_auto_picks_triton(monkeypatch, kernel_calls):
     monkeypatch.delenv(ENV_VAR, raising=False)
-    calls = []
-    real = head._head_op
-    monkeypatch.setattr(head, "_head_op", lambda *args: calls.append(1) or real(*args))
     (states, weight, bias), _ = _inputs(2, 3, 64, packed=False)
     head.label_head_logits(states, weight, bias, 3)
-    assert calls == [1]
+    assert kernel_calls == ["ltc_fast::label_head"]
     monkeypatch.setenv(ENV_VAR, "torch")
     head.label_head_logits(states, weight, bias, 3)
-    assert calls == [1]
+    assert kernel_calls == ["ltc_fast::label_head", "label_head_logits_torch"]

@@ -1,24 +1,32 @@
 """`label_loss_and_probas` around its kernels: bad input (ValueError before any kernel runs), backend
 selection and the environment variables, loading the extension (warned once when unavailable), the custom ops
-under `torch.library.opcheck` and `torch.compile`, the model using the extension, and the CUDA kernels."""
+under `torch.library.opcheck` and `torch.compile`, the model using the extension, and the CUDA kernels.
+Which backend ran is what the `kernel_calls` fixture (tests/conftest.py) saw: the twin
+`label_loss_and_probas_torch` or the extension's ops `ltc_fast_ext::*`."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
-import warnings
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from tests.helpers import assert_relative_close, reference_and_ltc, text_batch
-from ltc_fast.ops import label_loss, loss_extension
+from ltc_fast.ops import loss_extension
 from ltc_fast.ops.dispatch import ENV_VAR as BACKEND_ENV_VAR
 from ltc_fast.ops.label_loss import label_loss_and_probas
 
+ROOT = Path(__file__).resolve().parents[1]
 EXTENSION_LOADED = loss_extension.load().loaded
 needs_extension = pytest.mark.skipif(not EXTENSION_LOADED, reason=f"loss extension {loss_extension.extension_status()}")
-KERNELS = ("_extension_multi_label", "_extension_single_label", "_torch_multi_label", "_torch_single_label")
+TWIN = "label_loss_and_probas_torch"
+MULTI_OP, SINGLE_OP = "ltc_fast_ext::multi_label_forward", "ltc_fast_ext::single_label_forward"
 
 
 @pytest.fixture(autouse=True)
@@ -27,23 +35,16 @@ def no_backend_override(monkeypatch):
 
 
 @pytest.fixture
-def kernel_calls(monkeypatch):
-    """Spy on the four forward paths: their names in call order."""
-    calls = []
-    for name in KERNELS:
-        original = getattr(label_loss, name)
-
-        def spy(*args, _name=name, _original=original):
-            calls.append(_name)
-            return _original(*args)
-
-        monkeypatch.setattr(label_loss, name, spy)
-    return calls
+def unavailable_extension(monkeypatch):
+    monkeypatch.setattr(loss_extension, "load", lambda: loss_extension.ExtensionState(False, "simulated: no compiler"))
 
 
 @pytest.fixture
-def unavailable_extension(monkeypatch):
-    monkeypatch.setattr(loss_extension, "_state", loss_extension.ExtensionState(False, "simulated: no compiler"))
+def extension_ops():
+    """`torch.ops.ltc_fast_ext` as the public function leaves it: the first call that picks the extension gives
+    its ops their fake kernels and autograd (which opcheck checks)."""
+    label_loss_and_probas(torch.zeros(1, 1), torch.zeros(1, 1), True, backend="extension")
+    return torch.ops.ltc_fast_ext
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -112,25 +113,25 @@ def test_the_ops_themselves_refuse_bad_input():
 def test_auto_uses_the_extension_when_loaded(kernel_calls, multi_label):
     logits, targets = (MULTI if multi_label else SINGLE)[:2]
     label_loss_and_probas(logits, targets, multi_label)
-    assert kernel_calls == ["_extension_multi_label" if multi_label else "_extension_single_label"]
+    assert kernel_calls == [MULTI_OP if multi_label else SINGLE_OP]
 
 
 def test_environment_variable_forces_the_torch_path(monkeypatch, kernel_calls):
     monkeypatch.setenv(BACKEND_ENV_VAR, "torch")
     label_loss_and_probas(*MULTI)
     label_loss_and_probas(*SINGLE)
-    assert kernel_calls == ["_torch_multi_label", "_torch_single_label"]
+    assert kernel_calls == [TWIN, TWIN]
 
 
 def test_forcing_torch_does_not_even_load_the_extension(monkeypatch, kernel_calls):
     monkeypatch.setattr(loss_extension, "load", lambda: pytest.fail("backend='torch' loaded the extension"))
     label_loss_and_probas(*MULTI, backend="torch")
-    assert kernel_calls == ["_torch_multi_label"]
+    assert kernel_calls == [TWIN]
 
 
 def test_unavailable_extension_falls_back_under_auto_and_fails_when_forced(unavailable_extension, kernel_calls):
     loss, _ = label_loss_and_probas(*SINGLE)
-    assert kernel_calls == ["_torch_single_label"] and loss.isfinite()
+    assert kernel_calls == [TWIN] and loss.isfinite()
     with pytest.raises(RuntimeError, match="backend='extension' was requested .* unavailable: simulated: no compiler"):
         label_loss_and_probas(*SINGLE, backend="extension")
 
@@ -142,7 +143,7 @@ def test_targets_that_require_grad_take_the_twin(kernel_calls):
     targets = torch.rand(B, N, requires_grad=True)
     loss, _ = label_loss_and_probas(logits, targets, True)
     loss.backward()
-    assert kernel_calls == ["_torch_multi_label"]
+    assert kernel_calls == [TWIN]
     expected = -logits.detach() / logits.numel()  # d BCE / d y = -x
     assert_relative_close(targets.grad, expected, 1e-6, "dtargets")
 
@@ -154,77 +155,85 @@ def test_extension_status_names_the_path():
     assert loss_extension.source_dir() is not None, "csrc/ sources not found for the JIT build"
 
 
-def test_unavailable_extension_is_reported_once(monkeypatch):
-    monkeypatch.setattr(loss_extension, "_state", None)
-    monkeypatch.setattr(loss_extension, "_load", lambda: loss_extension.ExtensionState(False, "simulated"))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(3):
-            assert loss_extension.extension_status() == "unavailable: simulated"
-        label_loss_and_probas(*MULTI)
-    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
-    assert len(messages) == 1 and "unavailable: simulated; using the PyTorch loss path" in messages[0]
+# A fresh process without the prebuilt module (`import ltc_fast._loss_ext` fails), as an install without a compiler
+# has it: what extension_status() says there, what the public function does, and the warnings it gave.
+WITHOUT_PREBUILT = """
+import json, sys, warnings
+sys.modules[%r] = None
+import torch
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from ltc_fast.ops import extension_status, label_loss_and_probas
+    statuses = [extension_status() for _ in range(3)]
+    loss, _ = label_loss_and_probas(torch.zeros(2, 3), torch.zeros(2, 3), True)
+    try:
+        label_loss_and_probas(torch.zeros(2, 3), torch.zeros(2, 3), True, backend="extension")
+        forced = ""
+    except RuntimeError as error:
+        forced = str(error)
+warned = [str(w.message) for w in caught
+          if issubclass(w.category, RuntimeWarning) and "loss extension" in str(w.message)]
+print(json.dumps({"statuses": statuses, "loss": loss.item(), "forced": forced, "warned": warned}))
+""" % loss_extension.PREBUILT_MODULE
 
 
-@pytest.fixture
-def no_prebuilt_module(monkeypatch):
-    real_import = loss_extension.importlib.import_module
-
-    def import_module(name, *args):
-        if name == loss_extension.PREBUILT_MODULE:
-            raise ImportError(f"simulated: no module named {name}")
-        return real_import(name, *args)
-
-    monkeypatch.setattr(loss_extension.importlib, "import_module", import_module)
+def _without_prebuilt_module(**env_changes) -> dict:
+    env = {key: value for key, value in os.environ.items()
+           if key not in (loss_extension.NO_BUILD_ENV_VAR, loss_extension.REQUIRE_ENV_VAR)}
+    env.update(env_changes, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", WITHOUT_PREBUILT], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_no_build_environment_variable_skips_the_jit_build(monkeypatch, no_prebuilt_module):
-    monkeypatch.setenv(loss_extension.NO_BUILD_ENV_VAR, "1")
-    monkeypatch.setattr(loss_extension, "_jit_build", lambda: pytest.fail("JIT build attempted"))
-    state = loss_extension._load()
-    assert not state.loaded and loss_extension.NO_BUILD_ENV_VAR in state.status()
+def _assert_unavailable_and_reported_once(seen: dict, why: str) -> None:
+    status = seen["statuses"][0]
+    assert seen["statuses"] == [status] * 3 and status.startswith("unavailable: no prebuilt ") and why in status
+    assert len(seen["warned"]) == 1 and f"{status}; using the PyTorch loss path" in seen["warned"][0]
+    assert seen["loss"] == pytest.approx(0.6931472)  # the twin's BCE at logit 0: log 2
+    assert "backend='extension' was requested but cannot run here" in seen["forced"] and status in seen["forced"]
 
 
-def test_a_failed_jit_build_is_a_status_not_an_exception(monkeypatch, no_prebuilt_module):
-    monkeypatch.delenv(loss_extension.NO_BUILD_ENV_VAR, raising=False)
+def test_no_build_environment_variable_skips_the_jit_build_and_warns_once():
+    seen = _without_prebuilt_module(**{loss_extension.NO_BUILD_ENV_VAR: "1"})
+    _assert_unavailable_and_reported_once(seen, f"and {loss_extension.NO_BUILD_ENV_VAR} is set")
 
-    def failing_build():
-        raise OSError("simulated: g++ not found")
 
-    monkeypatch.setattr(loss_extension, "_jit_build", failing_build)
-    state = loss_extension._load()
-    assert not state.loaded
-    assert "JIT build failed: OSError: simulated: g++ not found" in state.status()
+def test_a_failed_jit_build_is_a_status_not_an_exception(tmp_path):
+    # torch's JIT build cannot create its build directory under a regular file: it fails at once.
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    seen = _without_prebuilt_module(TORCH_EXTENSIONS_DIR=str(not_a_directory))
+    _assert_unavailable_and_reported_once(seen, "and the JIT build failed: ")
 
 
 # ---------------------------------------------------------------------------------- torch.library / compile
 @needs_extension
 @pytest.mark.parametrize("elementwise", [False, True])
-def test_opcheck_multi_label(elementwise):
-    label_loss._register_python_parts()
+def test_opcheck_multi_label(elementwise, extension_ops):
     logits = torch.randn(B, N, requires_grad=True)
     transposed = torch.randn(N, B, requires_grad=True).t()  # non-contiguous: outputs are contiguous anyway
     targets = (torch.rand(B, N) < 0.5).float()
     for logits, pos_weight, label_mask in [(logits, None, None),
                                            (logits, torch.rand(N) + 0.5, torch.rand(B, N) < 0.5),
                                            (transposed, None, torch.rand(N) < 0.5)]:
-        torch.library.opcheck(torch.ops.ltc_fast_ext.multi_label_forward.default,
+        torch.library.opcheck(extension_ops.multi_label_forward.default,
                               (logits, targets, pos_weight, label_mask, elementwise))
         grad = torch.randn(B, N) if elementwise else torch.randn(())
-        torch.library.opcheck(torch.ops.ltc_fast_ext.multi_label_backward.default,
+        torch.library.opcheck(extension_ops.multi_label_backward.default,
                               (grad, logits.detach(), targets, pos_weight, label_mask))
 
 
 @needs_extension
 @pytest.mark.parametrize("elementwise", [False, True])
-def test_opcheck_single_label(elementwise):
-    label_loss._register_python_parts()
+def test_opcheck_single_label(elementwise, extension_ops):
     logits = torch.randn(B, N, requires_grad=True)
     targets = torch.tensor([1, -100, 4])
-    torch.library.opcheck(torch.ops.ltc_fast_ext.single_label_forward.default, (logits, targets, -100, 0.1, elementwise))
-    _, _, stats = torch.ops.ltc_fast_ext.single_label_forward(logits.detach(), targets, -100, 0.1, elementwise)
+    torch.library.opcheck(extension_ops.single_label_forward.default, (logits, targets, -100, 0.1, elementwise))
+    _, _, stats = extension_ops.single_label_forward(logits.detach(), targets, -100, 0.1, elementwise)
     grad = torch.randn(B) if elementwise else torch.randn(())
-    torch.library.opcheck(torch.ops.ltc_fast_ext.single_label_backward.default,
+    torch.library.opcheck(extension_ops.single_label_backward.default,
                           (grad, logits.detach(), targets, stats, -100, 0.1))
 
 
@@ -261,7 +270,8 @@ def test_the_model_uses_the_extension_by_default(kernel_calls):
     loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     model.config.ops_backend = "torch"
     loss_torch = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    assert kernel_calls == ["_extension_multi_label", "_torch_multi_label"]
+    loss_calls = [call for call in kernel_calls if call == TWIN or call.startswith("ltc_fast_ext::")]
+    assert loss_calls == [MULTI_OP, TWIN]
     assert_relative_close(loss, loss_torch, 1e-6)
 
 

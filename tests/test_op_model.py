@@ -26,7 +26,7 @@ def _run(model, text_ids, mask, targets):
 
 @needs_triton
 @pytest.mark.parametrize("arch", ["bert", "roberta"])  # padding_idx 0 and 1
-def test_model_on_the_kernels_equals_the_model_on_the_twins(arch, monkeypatch):
+def test_model_on_the_kernels_equals_the_model_on_the_twins(arch, monkeypatch, kernel_calls):
     model = reference_and_ltc(arch, 5)[1].to(OP_DEVICE)
     text_ids, mask = text_batch(3, 9, pad_id=model.config.encoder.pad_token_id)
     targets = random_targets("multi_label_classification", 3, 5)
@@ -37,15 +37,18 @@ def test_model_on_the_kernels_equals_the_model_on_the_twins(arch, monkeypatch):
     twin_logits, twin_grads = _run(model, text_ids, mask, targets)
     model.config.ops_backend = "auto"
 
-    calls = []
-    for module, name in ((label_embedding, "_inject_op"), (label_head, "_head_op")):
-        real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *args, real=real, name=name: calls.append(name) or real(*args))
+    assert {"inject_label_embeddings_torch", "label_head_logits_torch"} <= set(kernel_calls)
+    kernel_calls.clear()
+    for module in (label_embedding, label_head):
         # "auto" (the model's default) takes the kernels as it does on CUDA
         monkeypatch.setattr(module, "triton_applies", lambda requested, *tensors: (True, ""))
     kernel_logits, kernel_grads = _run(model, text_ids, mask, targets)
 
-    assert calls == ["_inject_op", "_head_op"]
+    # the Triton ops, forward then backward, and neither of their twins
+    assert [call for call in kernel_calls if call.startswith("ltc_fast::")] == [
+        "ltc_fast::inject_label_embeddings", "ltc_fast::label_head",
+        "ltc_fast::label_head_backward", "ltc_fast::inject_label_embeddings_label_grad"]
+    assert not {"inject_label_embeddings_torch", "label_head_logits_torch"} & set(kernel_calls)
     assert_relative_close(kernel_logits, twin_logits, 1e-5, "logits", scale=logit_scale(model, twin_logits))
     assert set(kernel_grads) == set(twin_grads)
     scale = max(g.abs().max() for g in twin_grads.values())

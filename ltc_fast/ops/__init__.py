@@ -1,8 +1,9 @@
 """Fused operations of the label-token model, one module per op.
 
-Each module holds one op: its plain-PyTorch twin (`*_torch`, the definition and the test oracle), its fast
-kernel where there is one (Triton, registered as a `torch.library` custom op) and the public function, which
-picks one of them through `dispatch.resolve_backend` (`backend=`, `LTC_FAST_BACKEND=torch`).
+Each module holds one op, in one order: its plain-PyTorch twin (`<op>_torch`, the definition and the test
+oracle), its fast kernel (Triton, or the C++/CUDA loss extension) registered as `torch.library` custom ops,
+validation, and the public function, which picks one of them through `dispatch.resolve_backend` (`backend=`,
+`LTC_FAST_BACKEND=torch`).
 """
 
 from .label_embedding import inject_label_embeddings

@@ -27,7 +27,7 @@ OP = "inject_label_embeddings"
 FAST_BACKEND = TRITON
 
 
-# ---------------------------------------------------------------------------------------------- the twin
+# ------------------------------------------------------------------------------------------------ the twin
 def inject_label_embeddings_torch(
     text_ids: torch.Tensor,
     word_embeddings: torch.Tensor,
@@ -35,7 +35,15 @@ def inject_label_embeddings_torch(
     padding_idx: int | None = None,
     cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Plain PyTorch: the word rows of the text with the N label rows after [CLS]."""
+    """Plain PyTorch: `F.embedding` of the text with the N label rows after [CLS]; the definition of
+    `inject_label_embeddings`.
+
+    Args:
+        text_ids, word_embeddings, label_embeddings, padding_idx, cu_seqlens: as in `inject_label_embeddings`.
+    Returns:
+        embeddings: padded (batch_size, text_len + num_labels, embedding_dim) or packed
+            (total_text + batch_size * num_labels, embedding_dim), the tables' dtype.
+    """
     words = F.embedding(text_ids, word_embeddings, padding_idx=padding_idx)
     if cu_seqlens is None:
         labels = label_embeddings.unsqueeze(0).expand(text_ids.shape[0], -1, -1)
@@ -159,12 +167,11 @@ def _output_shape(text_ids, cu_seqlens, num_labels, width):
     return (text_ids.shape[0] + (cu_seqlens.shape[0] - 1) * num_labels, width)
 
 
-def inject_forward_triton(text_ids, cu_seqlens, word_embeddings, label_embeddings, out=None) -> torch.Tensor:
-    """Launch the forward kernel, writing into `out` when given (tests pass a NaN-filled buffer)."""
+def inject_forward_triton(text_ids, cu_seqlens, word_embeddings, label_embeddings) -> torch.Tensor:
+    """Launch the forward kernel: the injected embeddings, shaped as `inject_label_embeddings` returns them."""
     num_labels, width = label_embeddings.shape
     batch = _batch_size(text_ids, cu_seqlens)
-    if out is None:
-        out = word_embeddings.new_empty(_output_shape(text_ids, cu_seqlens, num_labels, width))
+    out = word_embeddings.new_empty(_output_shape(text_ids, cu_seqlens, num_labels, width))
     text_ids = text_ids.contiguous()
     word_embeddings = word_embeddings if word_embeddings.stride(1) == 1 else word_embeddings.contiguous()
     label_embeddings = label_embeddings if label_embeddings.stride(1) == 1 else label_embeddings.contiguous()
@@ -186,16 +193,16 @@ def inject_forward_triton(text_ids, cu_seqlens, word_embeddings, label_embedding
     return out
 
 
-def label_grad_triton(grad_out, cu_seqlens, num_labels, out=None) -> torch.Tensor:
-    """The gradient of `label_embeddings` `[N, E]` from the gradient of the injected output."""
+def label_grad_triton(grad_out, cu_seqlens, num_labels) -> torch.Tensor:
+    """Launch the label-gradient kernel: the gradient of `label_embeddings` `[N, E]` from the gradient of the
+    injected output."""
     grad_out = grad_out.contiguous()
     width = grad_out.shape[-1]
     if cu_seqlens is None:
         batch, text_len = grad_out.shape[0], grad_out.shape[1] - num_labels
     else:
         batch, text_len = cu_seqlens.shape[0] - 1, 0
-    if out is None:
-        out = grad_out.new_empty(num_labels, width)
+    out = grad_out.new_empty(num_labels, width)
     if batch == 0:
         return out.zero_()
     blocks = label_grad_blocks(num_labels, width)
@@ -221,7 +228,7 @@ def _word_grad(grad_out, text_ids, cu_seqlens, num_words, num_labels, padding_id
     return torch.ops.aten.embedding_dense_backward(text_grad, text_ids.reshape(-1), num_words, padding_idx, False)
 
 
-# -------------------------------------------------------------------------------------------- custom ops
+# ---------------------------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("ltc_fast::inject_label_embeddings", mutates_args=())
 def _inject_op(text_ids: torch.Tensor, cu_seqlens: torch.Tensor | None, word_embeddings: torch.Tensor,
                label_embeddings: torch.Tensor, padding_idx: int) -> torch.Tensor:
@@ -266,7 +273,7 @@ def _backward(ctx, grad_out):
 _inject_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-# ------------------------------------------------------------------------------------------ public function
+# ---------------------------------------------------------------------------------------------- validation
 def _validate(text_ids, word_embeddings, label_embeddings, padding_idx, cu_seqlens, check_values) -> None:
     """Shapes, dtypes and devices; and, when `check_values` and outside torch.compile, the values (ids in range,
     offsets), which costs a host sync."""
@@ -311,6 +318,7 @@ def _validate(text_ids, word_embeddings, label_embeddings, padding_idx, cu_seqle
                              f"at least {LABEL_START} token long ([CLS]); got {offsets}")
 
 
+# ----------------------------------------------------------------------------------------- public function
 def inject_label_embeddings(
     text_ids: torch.Tensor,
     word_embeddings: torch.Tensor,
@@ -323,13 +331,30 @@ def inject_label_embeddings(
 ) -> torch.Tensor:
     """Text ids -> encoder input embeddings with the N label rows after [CLS].
 
-    Padded `text_ids` `[B, T]` -> `[B, T + N, E]`; packed `text_ids` `[total_text]` with `cu_seqlens`
-    `[B + 1]` -> `[total_text + B * N, E]`, sequence b at rows `cu_seqlens[b] + b * N ...` (see
-    `ltc_fast.layout`). Equal to the reference's `word_embeddings(input_ids)` on its label-token ids,
-    including no gradient to the padding row (`padding_idx`), but without a `[V + N, E]` table or label ids
-    in the input. The backward is deterministic on every backend. `backend`: see `ltc_fast.ops.dispatch`.
-    `check_values=False` skips the checks that read `text_ids` and `cu_seqlens` (a host sync on a GPU), for
-    callers that built or checked them; an id outside the table then gives a NaN row on the Triton path.
+    Equal to the reference's `word_embeddings(input_ids)` on its label-token ids, including no gradient to the
+    padding row (`padding_idx`), but without a `[V + N, E]` table or label ids in the input. Packed sequence b
+    sits at rows `cu_seqlens[b] + b * N ...`: [CLS], the N labels, the rest of its text (see `ltc_fast.layout`).
+    The backward is deterministic on every backend.
+
+    Args:
+        text_ids: padded (batch_size, text_len) with text_len >= LABEL_START ([CLS] first), or packed
+            (total_text,) with `cu_seqlens`; integer ids in [0, vocab_size).
+        word_embeddings: (vocab_size, embedding_dim), floating, on text_ids' device.
+        label_embeddings: (num_labels, embedding_dim), word_embeddings' dtype, on text_ids' device.
+        padding_idx: int in [-vocab_size, vocab_size) (negative counts from the end), the row that gets no
+            gradient; None: every row gets its gradient.
+        backend: "auto" (None), "torch" or "triton", see `ltc_fast.ops.dispatch`.
+        cu_seqlens: (batch_size + 1,), int32 or int64, on text_ids' device: sequence b is
+            `text_ids[cu_seqlens[b]:cu_seqlens[b + 1]]`, rising from 0 to total_text, each at least LABEL_START
+            long; None for padded ids.
+        check_values: False skips the checks that read `text_ids` and `cu_seqlens` (a host sync on a GPU), for
+            callers that built or checked them; an id outside the table then gives a NaN row on the Triton
+            path.
+    Returns:
+        embeddings: padded (batch_size, text_len + num_labels, embedding_dim) or packed
+            (total_text + batch_size * num_labels, embedding_dim), word_embeddings' dtype.
+    Raises:
+        ValueError for bad shapes, dtypes, devices or values, before any kernel runs.
     """
     _validate(text_ids, word_embeddings, label_embeddings, padding_idx, cu_seqlens, check_values)
     applies, why_not = triton_applies(backend, text_ids, word_embeddings, label_embeddings)

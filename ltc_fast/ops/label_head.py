@@ -31,7 +31,7 @@ FAST_BACKEND = TRITON
 _SEED_BOUND = 2**31 - 1  # seeds stay int32 so Triton passes them as plain scalars
 
 
-# ---------------------------------------------------------------------------------------------- the twin
+# ------------------------------------------------------------------------------------------------ the twin
 def label_states(hidden_states: torch.Tensor, num_labels: int, label_rows: torch.Tensor | None = None):
     """`[B, N, H]`: the hidden states of the label tokens."""
     if label_rows is None:
@@ -49,8 +49,16 @@ def label_head_logits_torch(
     label_rows: torch.Tensor | None = None,
     keep_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Plain PyTorch. `keep_mask` (bool `[B, N, H]`) replaces dropout's random mask, e.g. with the mask the
-    Triton kernel drew (`dropout_keep_mask`), to compare the two exactly."""
+    """Plain PyTorch: `F.dropout` then `F.linear` on the label states; the definition of `label_head_logits`.
+
+    Args:
+        hidden_states, weight, bias, num_labels, dropout_p, training, label_rows: as in `label_head_logits`.
+        keep_mask: (batch_size, num_labels, hidden), bool: replaces dropout's random mask (used when `training`
+            and `dropout_p > 0`), e.g. with the mask the Triton kernel drew (`dropout_keep_mask`), to compare the
+            two exactly. None: `F.dropout`'s own draw.
+    Returns:
+        logits: (batch_size, num_labels), `F.linear`'s dtype (hidden_states', or autocast's under autocast).
+    """
     states = label_states(hidden_states, num_labels, label_rows)
     if keep_mask is not None and training and dropout_p > 0:
         states = states * keep_mask / (1.0 - dropout_p) if dropout_p < 1 else states * 0.0
@@ -195,13 +203,12 @@ def dropout_keep_mask(seed: torch.Tensor | int, batch_size: int, num_labels: int
     return out.bool()
 
 
-def head_forward_triton(hidden_states, weight, bias, label_rows, num_labels, dropout_p, seed, out=None):
-    """Launch the forward kernel, writing into `out` (`[B, N]`) when given (tests pass a NaN-filled buffer)."""
+def head_forward_triton(hidden_states, weight, bias, label_rows, num_labels, dropout_p, seed) -> torch.Tensor:
+    """Launch the forward kernel: the logits `[B, N]` in hidden_states' dtype (`seed` None: no dropout)."""
     hidden_states = hidden_states.contiguous()
     batch, seq_len = _geometry(hidden_states, label_rows)
     hidden = hidden_states.shape[-1]
-    if out is None:
-        out = hidden_states.new_empty(batch, num_labels)
+    out = hidden_states.new_empty(batch, num_labels)
     dropout, seed, p, scale = _dropout_args(dropout_p, seed)
     num_items = batch * num_labels
     if num_items == 0:
@@ -216,16 +223,14 @@ def head_forward_triton(hidden_states, weight, bias, label_rows, num_labels, dro
     return out
 
 
-def head_backward_triton(grad_logits, hidden_states, weight, bias, label_rows, num_labels, dropout_p, seed,
-                         grad_hidden=None):
-    """(dh, dw, dbias). `grad_hidden`, when given, must be zero-filled outside the label rows (tests pass a
-    buffer with NaN at the label rows and zeros elsewhere)."""
+def head_backward_triton(grad_logits, hidden_states, weight, bias, label_rows, num_labels, dropout_p, seed):
+    """Launch the backward kernel: (dh, dw, dbias), shaped and typed as hidden_states, weight and bias. `dh` is
+    zero outside the label rows; the kernel writes the label rows only."""
     hidden_states = hidden_states.contiguous()
     grad_logits = grad_logits.contiguous()
     batch, seq_len = _geometry(hidden_states, label_rows)
     hidden = hidden_states.shape[-1]
-    if grad_hidden is None:
-        grad_hidden = torch.zeros_like(hidden_states)
+    grad_hidden = torch.zeros_like(hidden_states)
     dropout, seed, p, scale = _dropout_args(dropout_p, seed)
     num_items = batch * num_labels
     blocks = head_blocks(hidden)
@@ -242,7 +247,7 @@ def head_backward_triton(grad_logits, hidden_states, weight, bias, label_rows, n
     return grad_hidden, grad_weight, grad_bias
 
 
-# -------------------------------------------------------------------------------------------- custom ops
+# ---------------------------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("ltc_fast::label_head", mutates_args=())
 def _head_op(hidden_states: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, label_rows: torch.Tensor | None,
              num_labels: int, dropout_p: float, seed: torch.Tensor | None) -> torch.Tensor:
@@ -285,7 +290,7 @@ def _backward(ctx, grad_logits):
 _head_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-# ------------------------------------------------------------------------------------------ public function
+# ---------------------------------------------------------------------------------------------- validation
 def _validate(hidden_states, weight, bias, num_labels, dropout_p, label_rows, check_values) -> None:
     """Shapes, dtypes and devices; and, when `check_values` and outside torch.compile, the values of
     `label_rows` (a host sync)."""
@@ -323,6 +328,7 @@ def _validate(hidden_states, weight, bias, num_labels, dropout_p, label_rows, ch
                              f"{int(label_rows.min())} to {int(label_rows.max())}")
 
 
+# ----------------------------------------------------------------------------------------- public function
 def label_head_logits(
     hidden_states: torch.Tensor,
     weight: torch.Tensor,
@@ -335,13 +341,29 @@ def label_head_logits(
     label_rows: torch.Tensor | None = None,
     check_values: bool = True,
 ) -> torch.Tensor:
-    """`logits[b, i] = weight . dropout(h(b, i)) + bias`, shape `[B, N]`, in hidden_states' dtype (autocast's,
-    under autocast, as `F.linear`'s).
+    """The shared head on the label states only: `logits[b, i] = weight . dropout(h(b, i)) + bias`.
 
-    `h(b, i)` is `hidden_states[b, LABEL_START + i]` (padded `[B, S, H]`) or `hidden_states[label_rows[b, i]]`
-    (packed `[total, H]`; the rows must be distinct). The reference projects all `S` positions and slices
-    afterwards; only the N label states matter. `backend`: see `ltc_fast.ops.dispatch`. `check_values=False`
-    skips reading `label_rows` back to check its range (a host sync on a GPU), for callers that built them.
+    `h(b, i)` is `hidden_states[b, LABEL_START + i]` (padded) or `hidden_states[label_rows[b, i]]` (packed).
+    The reference projects all `S` positions and slices afterwards; only the N label states matter.
+
+    Args:
+        hidden_states: padded (batch_size, seq_len, hidden) with seq_len >= LABEL_START + num_labels, or
+            packed (total_tokens, hidden) with `label_rows`; floating (fp32 / fp16 / bf16 / fp64).
+        weight: (1, hidden), hidden_states' dtype, on its device: `Linear(hidden, 1).weight`.
+        bias: (1,), hidden_states' dtype, on its device: `Linear(hidden, 1).bias`.
+        num_labels: int >= 1, N.
+        dropout_p: float in [0, 1], the dropout on the label states (applied only when `training`).
+        training: bool; the kernel draws its dropout seed from torch's default generator.
+        backend: "auto" (None), "torch" or "triton", see `ltc_fast.ops.dispatch`.
+        label_rows: (batch_size, num_labels), int64, on hidden_states' device: the packed row of label i of
+            sequence b (distinct rows, in [0, total_tokens)); None for padded states.
+        check_values: False skips reading `label_rows` back to check its range (a host sync on a GPU), for
+            callers that built them.
+    Returns:
+        logits: (batch_size, num_labels), hidden_states' dtype (autocast's under autocast, as `F.linear`'s),
+            accumulated in fp32 on the kernel.
+    Raises:
+        ValueError for bad shapes, dtypes, devices or `label_rows` values, before any kernel runs.
     """
     _validate(hidden_states, weight, bias, num_labels, dropout_p, label_rows, check_values)
     device_type = hidden_states.device.type
