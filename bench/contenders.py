@@ -6,6 +6,7 @@ the reference additionally carries the N label ids in every row, as it does in r
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from transformers import AutoModelForSequenceClassification
 
 from ltc_fast import AutoModelForTokenSequenceClassification, LtcConfig
 from ltc_fast.reference import ReferenceLabelTokenModel
+
+from .measure import synchronize
 
 CONTENDERS = ("reference-eager", "reference-sdpa", "cls-head", "ltc_fast", "ltc_fast-decoupled")
 BASELINE = "reference-sdpa"
@@ -61,3 +64,29 @@ def make_batch(contender: str, lengths: list[int], num_labels: int, vocab_size: 
         mask = torch.cat([mask[:, :1], torch.ones(batch, num_labels, dtype=torch.long), mask[:, 1:]], dim=1)
     inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": targets.to(device)}
     return Batch(inputs, text_tokens=sum(lengths))
+
+
+def step_function(model, batch: Batch, mode: str, device: torch.device, autocast_dtype: torch.dtype | None):
+    """One timed step, as a function of no arguments: "train" (forward, backward, AdamW step, gradients freed)
+    or "infer" (forward under inference_mode), under autocast to `autocast_dtype` when given."""
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    if mode == "train":
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def step():
+            with autocast:
+                loss = model(**batch.inputs)["loss"]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            synchronize(device)
+    else:
+        model.eval()
+        inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
+
+        def step():
+            with torch.inference_mode(), autocast:
+                model(**inputs)
+            synchronize(device)
+    return step

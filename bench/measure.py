@@ -9,6 +9,9 @@ import threading
 import time
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -59,6 +62,52 @@ class PeakMemory:
             peak -= self._base
         self.peak_mib = peak / 2**20
         return False
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """The peak of the bytes held by live tensor storages over a `with` block: a device-independent memory
+    figure, the least a caching allocator (`torch.cuda.max_memory_allocated`) would report for the same ops,
+    before its rounding and any kernel workspace. `tracked` tensors (the model's weights, the batch) count
+    from the start; every op's outputs count from when they are made until their storage is freed. What a
+    custom op allocates inside itself and frees before returning is not seen."""
+
+    def __init__(self, tracked=()):
+        super().__init__()
+        self._live: dict[int, tuple[StorageWeakRef, int]] = {}  # storage address -> (weak ref, bytes)
+        self.current = self.peak = 0
+        for tensor in tracked:
+            self._add(tensor)
+
+    def _add(self, tensor) -> None:
+        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+            return
+        storage = tensor.untyped_storage()
+        size, address = storage.nbytes(), storage.data_ptr()
+        known = self._live.get(address)
+        if size == 0 or (known is not None and not known[0].expired()):
+            return
+        if known is not None:  # freed within the last op and its address reused
+            self.current -= known[1]
+        self._live[address] = (StorageWeakRef(storage), size)
+        self.current += size
+        self.peak = max(self.peak, self.current)
+
+    def _drop_freed(self) -> None:
+        for address, (ref, size) in list(self._live.items()):
+            if ref.expired():
+                del self._live[address]
+                self.current -= size
+
+    def __exit__(self, *exc):
+        self._drop_freed()  # `current` is then what outlives the block
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self._drop_freed()
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            self._add(tensor)
+        return out
 
 
 def count_flops(step) -> int:

@@ -3,42 +3,14 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
 from ltc_fast.encoders import max_sequence_length
 
-from .contenders import CONTENDERS, build_model, make_batch
-from .measure import PeakMemory, count_flops, synchronize
+from .contenders import CONTENDERS, build_model, make_batch, step_function
+from .measure import PeakMemory, count_flops
 from .workloads import WORKLOADS
-
-
-def _step(model, batch, mode, session):
-    device = session.device
-    autocast = (torch.autocast(device.type, dtype=session.autocast_dtype) if session.autocast_dtype
-                else contextlib.nullcontext())
-    if mode == "train":
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-
-        def step():
-            with autocast:
-                loss = model(**batch.inputs)["loss"]
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            synchronize(device)
-    else:
-        model.eval()
-        inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
-
-        def step():
-            with torch.inference_mode(), autocast:
-                model(**inputs)
-            synchronize(device)
-    return step
 
 
 @pytest.mark.parametrize("mode", ["train", "infer"])
@@ -60,7 +32,7 @@ def test_end_to_end(benchmark, bench_session, workload_id, contender, mode):
         model = build_model(contender, config, workload.num_labels, workload.ltc_options).to(device)
         batch = make_batch(contender, lengths, workload.num_labels, config.vocab_size, config.pad_token_id,
                            generator, device)
-        step = _step(model, batch, mode, bench_session)
+        step = step_function(model, batch, mode, device, bench_session.autocast_dtype)
         flops = count_flops(step) if bench_session.real_sizes and device.type == "cuda" else None
         benchmark.group = f"{workload_id} {mode}"
         benchmark.pedantic(step, rounds=bench_session.rounds, warmup_rounds=1, iterations=1)
