@@ -225,6 +225,17 @@ def _register_python_parts() -> None:
         _registered = True
 
 
+# Constant for the process: torch.compile calls it once while tracing and keeps the answer, so the loading and
+# registration behind it (locks Dynamo cannot trace) never break a compiled model's graph.
+@torch._dynamo.assume_constant_result
+def _extension_ready(device: torch.device) -> bool:
+    """The extension runs on `device`, its fake kernels and autograd registered."""
+    if not loss_extension.runs_on(device):
+        return False
+    _register_python_parts()
+    return True
+
+
 # ---------------------------------------------------------------------------------------------- validation
 def _describe(tensor) -> str:
     if not isinstance(tensor, torch.Tensor):
@@ -325,12 +336,10 @@ def _choose_backend(backend, logits, targets, pos_weight) -> str:
     if resolve_backend(OP, backend, FAST_BACKEND, True) == TORCH:
         return TORCH  # forced: do not even load the extension
     why_not = ""
-    if not loss_extension.runs_on(logits.device):
+    if not _extension_ready(logits.device):
         why_not = f"the loss extension is {loss_extension.extension_status()} (for {logits.device.type} tensors)"
     elif any(t is not None and t.requires_grad for t in (targets, pos_weight)):
         why_not = "the extension gives no gradient for targets or pos_weight, and one requires grad"
-    else:
-        _register_python_parts()
     return resolve_backend(OP, backend, FAST_BACKEND, not why_not, why_not)
 
 
