@@ -110,13 +110,14 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
 
     # ------------------------------------------------------------------ prediction
     def predict(self, texts, tokenizer=None, top_k: int | None = None, threshold: float | None = None,
-                batch_size: int = 32, max_length: int | None = None) -> list[list[dict]]:
+                batch_size: int = 32, max_length: int | None = None, sort_by_length: bool = True) -> list[list[dict]]:
         """Labels of raw texts: for each text `[{"label": name, "score": probability}, ...]`, best first.
         Multi-label: the labels at or above `threshold` (default: the saved per-label thresholds, else
         0.5), at most `top_k`; `top_k` alone gives the k best. Single-label: the best label by default.
-        `tokenizer` may be left out when the model was loaded from a directory that holds one."""
+        `tokenizer` may be left out when the model was loaded from a directory that holds one. Texts are
+        batched by length (`sort_by_length`), the results returned in their order."""
         return prediction.predict(self, texts, tokenizer=tokenizer, top_k=top_k, threshold=threshold,
-                       batch_size=batch_size, max_length=max_length)
+                                  batch_size=batch_size, max_length=max_length, sort_by_length=sort_by_length)
 
     # ------------------------------------------------------------------ forward
     @property

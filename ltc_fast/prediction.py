@@ -37,34 +37,52 @@ def default_max_length(model) -> int:
     return min(DEFAULT_MAX_LENGTH, encoders.max_sequence_length(model.config.encoder))
 
 
+# Texts are sorted by length within windows of this many batches: a batch then pads only to its own longest
+# text (sentence-transformers' `encode` does the same), while a stream's first results still come early.
+SORT_WINDOW_BATCHES = 64
+
+
 @torch.no_grad()
 def iter_probas(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None,
-                progress: bool = False) -> Iterator[np.ndarray]:
-    """Probabilities `[batch, num_labels]` (float32), one array per batch of `texts`, in order."""
+                progress: bool = False, sort_by_length: bool = True) -> Iterator[np.ndarray]:
+    """Probabilities `[n, num_labels]` (float32) of consecutive runs of `texts`, in the texts' order.
+
+    With `sort_by_length` (the default), the texts of each window of `SORT_WINDOW_BATCHES` batches are batched
+    by length (in characters, longest first) and their probabilities put back in order, so short texts are not
+    padded to the length of long ones; the numbers are those of unsorted batches up to float rounding.
+    """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     max_length = default_max_length(model) if max_length is None else max_length
     device = next(model.parameters()).device
+    window = batch_size * (SORT_WINDOW_BATCHES if sort_by_length else 1)
     was_training = model.training
     model.eval()
     try:
         with tqdm(total=len(texts), unit="text", disable=not progress, desc="predict") as bar:
-            for start in range(0, len(texts), batch_size):
-                chunk = list(texts[start:start + batch_size])
-                batch = tokenize_texts(tokenizer, chunk, model.num_labels, max_length=max_length, padding=True,
-                                       return_tensors="pt", label_positions=model.config.label_positions,
-                                       label_attention=model.config.label_attention)
-                probas = model(**{k: v.to(device) for k, v in batch.items()}).probas
-                bar.update(len(chunk))
-                yield probas.float().cpu().numpy()
+            for window_start in range(0, len(texts), window):
+                chunk = list(texts[window_start:window_start + window])
+                order = (sorted(range(len(chunk)), key=lambda i: -len(chunk[i])) if sort_by_length
+                         else list(range(len(chunk))))
+                probas = np.empty((len(chunk), model.num_labels), dtype=np.float32)
+                for start in range(0, len(chunk), batch_size):
+                    rows = order[start:start + batch_size]
+                    batch = tokenize_texts(tokenizer, [chunk[i] for i in rows], model.num_labels,
+                                           max_length=max_length, padding=True, return_tensors="pt",
+                                           label_positions=model.config.label_positions,
+                                           label_attention=model.config.label_attention)
+                    output = model(**{k: v.to(device) for k, v in batch.items()}).probas
+                    probas[rows] = output.float().cpu().numpy()
+                    bar.update(len(rows))
+                yield probas
     finally:
         model.train(was_training)
 
 
 def predict_probas(model, tokenizer, texts, batch_size: int = 32, max_length: int | None = None,
-                   progress: bool = False) -> np.ndarray:
+                   progress: bool = False, sort_by_length: bool = True) -> np.ndarray:
     """Probabilities `[len(texts), num_labels]` (sigmoid for multi-label, softmax for single-label)."""
-    parts = list(iter_probas(model, tokenizer, texts, batch_size, max_length, progress))
+    parts = list(iter_probas(model, tokenizer, texts, batch_size, max_length, progress, sort_by_length))
     return np.concatenate(parts) if parts else np.zeros((0, model.num_labels), dtype=np.float32)
 
 
@@ -117,20 +135,23 @@ def resolve_tokenizer(model, tokenizer=None):
 
 
 def iter_predictions(model, tokenizer, texts, top_k: int | None = None, threshold: float | None = None,
-                     batch_size: int = 32, max_length: int | None = None, progress: bool = False):
-    """`predict`, one batch at a time: yields each batch's list of label lists as soon as it is computed."""
+                     batch_size: int = 32, max_length: int | None = None, progress: bool = False,
+                     sort_by_length: bool = True):
+    """`predict`, a run of texts at a time (see `iter_probas`): yields each run's list of label lists."""
     top_k, thresholds = decision_rule(model.config, top_k, threshold)
     names = model.config.label_names
-    for probas in iter_probas(model, tokenizer, texts, batch_size, max_length, progress):
+    for probas in iter_probas(model, tokenizer, texts, batch_size, max_length, progress, sort_by_length):
         yield [select_labels(row, names, top_k, thresholds) for row in probas]
 
 
 def predict(model, texts, tokenizer=None, top_k: int | None = None, threshold: float | None = None,
-            batch_size: int = 32, max_length: int | None = None, progress: bool = False) -> list[list[dict]]:
+            batch_size: int = 32, max_length: int | None = None, progress: bool = False,
+            sort_by_length: bool = True) -> list[list[dict]]:
     """For each text, its labels as `[{"label": name, "score": probability}, ...]`, best first.
-    See the module's docstring for the decision rule."""
+    See the module's docstring for the decision rule, `iter_probas` for `sort_by_length`."""
     if isinstance(texts, str):
         texts = [texts]
     tokenizer = resolve_tokenizer(model, tokenizer)
-    batches = iter_predictions(model, tokenizer, texts, top_k, threshold, batch_size, max_length, progress)
+    batches = iter_predictions(model, tokenizer, texts, top_k, threshold, batch_size, max_length, progress,
+                               sort_by_length)
     return [labels for batch in batches for labels in batch]
