@@ -7,8 +7,9 @@ kernel is ours, selected per call by what the model passes through the encoder's
   kernels), the same numbers as `attn_implementation="sdpa"`.
 - `ltc_packed=PackedSequences(...)`: one unpadded sequence `[1, total, ...]` holding the batch back to
   back; attention stays within each sequence (`cu_seqlens`). CUDA: `flash_attn_varlen_func` when the
-  `flash-attn` package is installed, else `torch.nn.attention.varlen.varlen_attn`; elsewhere (CPU, fp32,
-  attention dropout without flash-attn) a per-sequence SDPA loop. No pad token enters any matmul.
+  `flash-attn` package is installed, else `torch.nn.attention.varlen.varlen_attn`; with attention dropout
+  and no flash-attn, SDPA over nested jagged tensors (PyTorch's varlen kernels take dropout); elsewhere
+  (CPU, fp32) a per-sequence SDPA loop. No pad token enters any matmul.
 - `ltc_decoupled=DecoupledText(...)`: label attention that never builds an `(N + T)^2` mask. The text is
   encoded first on its own (`record`: each layer's text keys and values are kept); then the labels
   run as their own sequence, each label query attending the cached text keys plus its own key, one
@@ -143,6 +144,8 @@ def _varlen_attention(query, key, value, packed: PackedSequences, dropout, scali
         q, k, v = (_pad_head_size(t, TORCH_VARLEN_HEAD_MULTIPLE) for t in (q, k, v))
         output = torch_varlen_attn()(q, k, v, cu, cu, max_len, max_len, scale=scaling)  # the scale of the real size
         return output[..., :head_size].unsqueeze(0)
+    if dropout > 0.0:
+        return nested_sdpa(query, key, value, packed, dropout, scaling)
     # Per-sequence loop: exact on every device and dtype, still free of padding.
     bounds = packed.host_offsets
     pieces = [
@@ -151,6 +154,23 @@ def _varlen_attention(query, key, value, packed: PackedSequences, dropout, scali
         for a, b in zip(bounds[:-1], bounds[1:])
     ]
     return torch.cat(pieces, dim=2).transpose(1, 2)
+
+
+def nested_sdpa(query, key, value, packed: PackedSequences, dropout, scaling):
+    """Packed attention with dropout as SDPA over nested jagged tensors (one call for the whole batch, no
+    per-sequence loop): on CUDA PyTorch runs its flash / memory-efficient varlen kernels, which take dropout
+    (torch's varlen_attn does not); on the CPU its math path. `query`/`key`/`value`: `[1, heads, total, d]`;
+    returns `[1, total, heads, d]`, like the other packed paths. The lengths come from the host offsets, so
+    building the nested tensors reads nothing back from the device."""
+    bounds = packed.host_offsets
+    min_seqlen = min(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    # [total, heads, d] must be contiguous (nested SDPA's rule); the encoder's q/k/v views already are, so no copy.
+    nested = [torch.nested.nested_tensor_from_jagged(t[0].transpose(0, 1).contiguous(), packed.cu_seqlens.long(),
+                                                     max_seqlen=packed.max_seqlen, min_seqlen=min_seqlen)
+              .transpose(1, 2)
+              for t in (query, key, value)]  # [B, heads, jagged, d]
+    output = F.scaled_dot_product_attention(*nested, dropout_p=dropout, scale=scaling)
+    return output.transpose(1, 2).values().unsqueeze(0)
 
 
 def _labels_attend_text(module, query, key, value, text: DecoupledText, dropout, scaling):
