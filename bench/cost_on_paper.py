@@ -25,13 +25,14 @@ import os
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from transformers.models.roberta.modeling_roberta import RobertaLayer
 
 from ltc_fast.app.provenance import provenance
 from ltc_fast.encoders import max_sequence_length
 
 from .contenders import BASELINE, build_model, make_batch, step_function
-from .measure import LiveTensorBytes, count_flops
+from .measure import LiveTensorBytes
 from .report import RESULTS_DIR, link_from, replace_section
 from .workloads import WORKLOADS, roberta_base_config
 
@@ -83,16 +84,15 @@ def measure_step(contender: str, workload, mode: str, layers: int, lengths: list
                        "cpu")
     step = step_function(model, batch, mode, torch.device("cpu"), AUTOCAST)
     step()  # warm-up: AdamW's states exist from the first step on, as in the timed rounds of the GPU bench
-    counter = RowCounter(model)
-    flops = count_flops(step)
-    rows = counter.rows
-    counter.remove()
     # Everything alive now counts from the start: weights, batch, AdamW's states (as on the GPU, where the
     # bench's peak counts from before the model was built).
     gc.collect()
     tracked = [obj for obj in gc.get_objects() if issubclass(type(obj), torch.Tensor)]  # type(): no __class__ lookups
-    with LiveTensorBytes(tracked) as memory:
+    counter = RowCounter(model)
+    with FlopCounterMode(display=False) as flop_counter, LiveTensorBytes(tracked) as memory:  # one pass, both
         step()
+    counter.remove()
+    flops, rows = flop_counter.get_total_flops(), counter.rows
     return {"flops": flops, "peak_bytes": memory.peak, "encoder_rows": rows, "text_tokens": batch.text_tokens}
 
 
@@ -101,7 +101,11 @@ def extrapolate(one: dict, two: dict, layers: int) -> dict:
     return {key: one[key] + (layers - 1) * (two[key] - one[key]) for key in ("flops", "peak_bytes")}
 
 
-def paper_costs(workload_ids, contenders=CONTENDERS, layers: int | None = None, progress=print) -> list[dict]:
+def _say(message: str) -> None:
+    print(message, flush=True)  # a long run's progress, also when stdout is a file
+
+
+def paper_costs(workload_ids, contenders=CONTENDERS, layers: int | None = None, progress=_say) -> list[dict]:
     records = []
     for workload_id in workload_ids:
         workload = WORKLOADS[workload_id]
