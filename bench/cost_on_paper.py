@@ -105,7 +105,10 @@ def _say(message: str) -> None:
     print(message, flush=True)  # a long run's progress, also when stdout is a file
 
 
-def paper_costs(workload_ids, contenders=CONTENDERS, layers: int | None = None, progress=_say) -> list[dict]:
+def paper_costs(workload_ids, contenders=CONTENDERS, layers: int | None = None, progress=_say,
+                on_record=lambda records: None) -> list[dict]:
+    """The records of every contender, workload and mode; `on_record(records so far)` after each (a long run
+    keeps what it has measured)."""
     records = []
     for workload_id in workload_ids:
         workload = WORKLOADS[workload_id]
@@ -132,6 +135,7 @@ def paper_costs(workload_ids, contenders=CONTENDERS, layers: int | None = None, 
                           "encoder_rows": cost["encoder_rows"], "real_tokens": real,
                           "padding_factor": cost["encoder_rows"] / real, "layers": how}
                 records.append(record)
+                on_record(with_ratios(records))
                 progress(f"{workload_id} {contender} {mode}: {record['flops'] / 1e9:.1f} GFLOP, "
                          f"{record['peak_mib']:.0f} MiB, rows {record['encoder_rows']} / real {real}")
     return with_ratios(records)
@@ -177,9 +181,14 @@ def main(argv=None) -> None:
         path, results = args.render, json.loads(args.render.read_text())
     else:
         os.environ["LTC_FAST_BACKEND"] = "torch"  # the PyTorch twins: same FLOPs and memory, no interpreter
-        results = {"provenance": provenance(), "records": paper_costs(args.workloads, args.contenders, args.layers)}
+        results = {"provenance": provenance(), "records": []}
         path = args.out or RESULTS_DIR / f"cost-on-paper-{results['provenance']['commit'][:8]}.json"
-        path.write_text(json.dumps(results, indent=1))
+
+        def save(records):  # after every record: a run stopped early keeps what it measured
+            results["records"] = records
+            path.write_text(json.dumps(results, indent=1))
+
+        save(paper_costs(args.workloads, args.contenders, args.layers, on_record=save))
     table = markdown_table(results, link_from(DOCS_PAGE, path.resolve()))
     print(table)
     if args.docs:

@@ -1,6 +1,6 @@
-"""Packed attention with dropout (training): SDPA over nested jagged tensors, one call for the whole batch where
-the per-sequence loop and torch's varlen_attn (no dropout) cannot serve. Evidence that it is the same function:
-without dropout it equals the exact per-sequence loop; with dropout its outputs have the padded path's mean
+"""Packed attention with dropout (training) on CUDA: SDPA over nested jagged tensors, one call for the whole batch
+where torch's varlen_attn (no dropout) cannot serve and the per-sequence loop is slow. Evidence that it is the
+same function: without dropout it equals the exact per-sequence loop; with dropout its outputs have the padded path's mean
 and spread."""
 
 import pytest
@@ -56,16 +56,22 @@ def test_with_dropout_it_has_the_padded_paths_distribution():
     assert not torch.equal(nested[0], nested[1])  # dropout really draws
 
 
-def test_a_packed_training_step_with_dropout_takes_the_nested_path(monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_packed_training_step_with_dropout_takes_the_nested_path_on_cuda(device, monkeypatch):
+    """On CUDA the nested path; on the CPU the per-sequence loop, which is faster there."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
     model = AutoModelForTokenSequenceClassification(LtcConfig(encoder=encoder_config("bert"),
                                                               label_names=label_names(4), sequence_packing="packed"))
-    model.train()
+    model.to(device).train()
     calls = []
     real = attention.nested_sdpa
     monkeypatch.setattr(attention, "nested_sdpa", lambda *args: calls.append(args[4]) or real(*args))
-    ids, mask = text_batch(3, 9, pad_id=0)
-    loss = model(ids, mask, labels=random_targets("multi_label_classification", 3, 4)).loss
+    ids, mask = (t.to(device) for t in text_batch(3, 9, pad_id=0))
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        loss = model(ids, mask, labels=random_targets("multi_label_classification", 3, 4).to(device)).loss
     loss.backward()
     dropout = model.config.encoder.attention_probs_dropout_prob
-    assert dropout > 0 and calls == [dropout] * model.config.encoder.num_hidden_layers
+    expected = [dropout] * model.config.encoder.num_hidden_layers if device == "cuda" else []
+    assert dropout > 0 and calls == expected
     assert loss.isfinite()
