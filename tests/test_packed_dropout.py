@@ -1,7 +1,7 @@
 """Packed attention with dropout (training) on CUDA: SDPA over nested jagged tensors, one call for the whole batch
 where torch's varlen_attn (no dropout) cannot serve and the per-sequence loop is slow. Evidence that it is the
-same function: without dropout it equals the exact per-sequence loop; with dropout its outputs have the padded path's mean
-and spread."""
+same function: without dropout it equals the exact per-sequence loop; with dropout its outputs have the padded
+path's mean and spread."""
 
 import pytest
 import torch
