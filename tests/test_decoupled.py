@@ -1,7 +1,8 @@
 """label_attention="decoupled": the text attends only the text, each label the text and itself.
 
-The oracle is the same encoder run once over `[text; labels]` with an explicit `(T + N)^2` attention mask
-(eager attention): the decoupled implementation never builds that mask."""
+The reference is the same encoder run once over `[text; labels]` with an explicit `(T + N)^2` attention mask
+(eager attention): the decoupled implementation never builds that mask. Comparisons follow the accuracy rule
+(tests/helpers.py): that reference in fp64 is the oracle, in fp32 the plain path."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import copy
 
 import pytest
 import torch
-from tests.helpers import assert_relative_close, encoder_config, label_names, logit_scale, random_targets, text_batch
+from tests.helpers import (GRADIENT_DRAWS, AccuracyRuleSamples, assert_within_accuracy_rule, check_over_draws,
+                           encoder_config, fp64_copy, label_names, random_targets, text_batch)
 from transformers import AutoModel
 
 import ltc_fast
@@ -26,17 +28,24 @@ def decoupled_model(arch, num_labels, problem_type="multi_label_classification",
     return Model(config).eval()
 
 
-def masked_oracle_logits(model, ids, mask):
-    """Logits from one eager pass over [text; labels] with the decoupled pattern as an explicit mask."""
-    spec = encoders.encoder_spec(model.config.encoder)
-    pad = model.config.encoder.pad_token_id
+def masked_oracle(model, dtype=torch.float32):
+    """A copy of `model` in `dtype` whose encoder runs eager attention, for `masked_oracle_logits`."""
+    oracle = copy.deepcopy(model).to(dtype)
+    oracle.transformer.set_attn_implementation("eager")
+    return oracle
+
+
+def masked_oracle_logits(oracle, ids, mask):
+    """Logits from one eager pass of `oracle` (see `masked_oracle`) over [text; labels] with the decoupled
+    pattern as an explicit mask."""
+    spec = encoders.encoder_spec(oracle.config.encoder)
+    pad = oracle.config.encoder.pad_token_id
     batch, text_len = ids.shape
-    num_labels = model.num_labels
-    encoder = copy.deepcopy(model.transformer)
-    encoder.set_attn_implementation("eager")
+    num_labels = oracle.num_labels
+    encoder = oracle.transformer
     words = encoder.get_input_embeddings()(ids)
-    labels = model.label_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)
-    label_positions = layout.label_position_ids(torch.arange(num_labels), model.config.label_positions,
+    labels = oracle.label_embeddings.weight.unsqueeze(0).expand(batch, -1, -1)
+    label_positions = layout.label_position_ids(torch.arange(num_labels), oracle.config.label_positions,
                                                 spec.position_scheme, pad)
     positions = torch.cat([layout.text_position_ids(ids, spec.position_scheme, pad),
                            label_positions.expand(batch, -1)], dim=1)
@@ -46,13 +55,14 @@ def masked_oracle_logits(model, ids, mask):
     allowed[:, :text_len, text_len:] = False  # the text never sees a label
     label_self = torch.arange(text_len, size)
     allowed[:, label_self, label_self] = True  # each label sees itself
-    additive = torch.zeros(batch, 1, size, size).masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
+    dtype = words.dtype
+    additive = torch.zeros(batch, 1, size, size, dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
     inputs = {"inputs_embeds": torch.cat([words, labels], dim=1), "position_ids": positions,
               "attention_mask": additive}
     if spec.takes_token_type_ids:
         inputs["token_type_ids"] = torch.zeros(batch, size, dtype=torch.long)
     states = encoder(**inputs).last_hidden_state[:, text_len:]
-    return (states @ model.classifier.weight.T + model.classifier.bias).squeeze(-1)
+    return (states @ oracle.classifier.weight.T + oracle.classifier.bias).squeeze(-1)
 
 
 @pytest.mark.parametrize("arch", modes_supported())
@@ -60,28 +70,37 @@ def masked_oracle_logits(model, ids, mask):
 @pytest.mark.parametrize("batch_size,num_labels", [(1, 1), (3, 6)])
 def test_decoupled_equals_the_explicitly_masked_encoder(arch, label_positions, batch_size, num_labels):
     model = decoupled_model(arch, num_labels, label_positions=label_positions)
-    ids, mask = text_batch(batch_size, 9, model.config.encoder.pad_token_id)
-    with torch.no_grad():
-        want = masked_oracle_logits(model, ids, mask)
-        assert_relative_close(model(ids, mask).logits, want, 1e-5, "logits", scale=logit_scale(model, want))
+    plain, exact = masked_oracle(model), masked_oracle(model, torch.float64)
+
+    def draw(samples):
+        ids, mask = text_batch(batch_size, 9, model.config.encoder.pad_token_id)
+        with torch.no_grad():
+            samples.add("logits", model(ids, mask).logits, masked_oracle_logits(plain, ids, mask),
+                        masked_oracle_logits(exact, ids, mask))
+
+    check_over_draws(batch_size * num_labels, draw)
 
 
 def test_decoupled_gradients_equal_the_masked_oracle():
+    """Every parameter's gradient, as one vector, over GRADIENT_DRAWS draws."""
     model = decoupled_model("roberta", 5, label_positions="shared")
-    oracle = copy.deepcopy(model)
-    ids, mask = text_batch(3, 8, model.config.encoder.pad_token_id)
-    weights = torch.randn(3, 5)
-    (model(ids, mask).logits * weights).sum().backward()
-    (masked_oracle_logits(oracle, ids, mask) * weights).sum().backward()
-    ours = dict(model.named_parameters())
-    oracle_grads = {k: p.grad for k, p in oracle.named_parameters() if p.grad is not None}
-    scale = max(g.abs().max() for g in oracle_grads.values())
-    # The oracle's deep copy of the encoder receives the encoder's gradients.
-    for name, param in ours.items():
-        expected = dict(oracle.named_parameters())[name].grad
-        if expected is None:
-            continue
-        assert_relative_close(param.grad, expected, 1e-5, f"grad {name}", scale=scale)
+    plain, exact = masked_oracle(model), masked_oracle(model, torch.float64)
+    samples = AccuracyRuleSamples()
+    for _ in range(GRADIENT_DRAWS):
+        ids, mask = text_batch(3, 8, model.config.encoder.pad_token_id)
+        weights = torch.randn(3, 5)
+        for module in (model, plain, exact):
+            module.zero_grad(set_to_none=True)
+        (model(ids, mask).logits * weights).sum().backward()
+        (masked_oracle_logits(plain, ids, mask) * weights).sum().backward()
+        (masked_oracle_logits(exact, ids, mask) * weights.double()).sum().backward()
+        plain_parameters, exact_parameters = dict(plain.named_parameters()), dict(exact.named_parameters())
+        for name, param in model.named_parameters():
+            expected = plain_parameters[name].grad
+            assert (param.grad is None) == (expected is None), name
+            if expected is not None:
+                samples.add("gradient", param.grad, expected, exact_parameters[name].grad, part=name)
+    samples.check()
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta", "electra"])
@@ -92,10 +111,13 @@ def test_the_text_is_encoded_exactly_as_by_the_plain_encoder(arch):
         {"add_pooling_layer": False} if encoders.encoder_spec(model.config.encoder).has_pooler else {}))
     plain.load_state_dict(model.transformer.state_dict())
     plain.eval().set_attn_implementation("sdpa")
-    want = plain(input_ids=ids, attention_mask=mask).last_hidden_state
-    got = model(ids, mask, output_hidden_states=True).hidden_states[-1]
+    oracle = fp64_copy(plain)
+    with torch.no_grad():
+        want = plain(input_ids=ids, attention_mask=mask).last_hidden_state
+        exact = oracle(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = model(ids, mask, output_hidden_states=True).hidden_states[-1]
     real = mask.bool()
-    assert_relative_close(got[real], want[real], 1e-6, "text states")
+    assert_within_accuracy_rule(got[real], want[real], exact[real], "text states")
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7])
@@ -103,22 +125,30 @@ def test_chunked_labels_equal_one_pass(chunk):
     model = decoupled_model("bert", 7)
     chunked = copy.deepcopy(model)
     chunked.config.label_chunk_size = chunk
-    ids, mask = text_batch(3, 9, 0)
-    with torch.no_grad():
-        want = model(ids, mask).logits
-        assert_relative_close(chunked(ids, mask).logits, want, 1e-6, "chunked logits",
-                              scale=logit_scale(model, want))
+    oracle = fp64_copy(model)
+
+    def draw(samples):  # the one-pass model in fp64 the oracle, in fp32 plain
+        ids, mask = text_batch(3, 9, 0)
+        with torch.no_grad():
+            samples.add("chunked logits", chunked(ids, mask).logits, model(ids, mask).logits, oracle(ids, mask).logits)
+
+    check_over_draws(3 * 7, draw)
 
 
 def test_a_subset_of_labels_scores_as_in_the_full_pass():
     model = decoupled_model("xlm-roberta", 12, label_positions="shared")
-    ids, mask = text_batch(2, 8, model.config.encoder.pad_token_id)
     subset = torch.randperm(12)[:5]
-    with torch.no_grad():
-        full = model(ids, mask).logits
-        out = model(ids, mask, subset=subset)
-    assert out.label_ids.tolist() == subset.tolist()
-    assert_relative_close(out.logits, full[:, subset], 1e-6, "subset logits", scale=logit_scale(model, full))
+    oracle = fp64_copy(model)
+
+    def draw(samples):  # the full pass's columns in fp64 the oracle, in fp32 plain
+        ids, mask = text_batch(2, 8, model.config.encoder.pad_token_id)
+        with torch.no_grad():
+            out = model(ids, mask, subset=subset)
+            assert out.label_ids.tolist() == subset.tolist()
+            samples.add("subset logits", out.logits, model(ids, mask).logits[:, subset],
+                        oracle(ids, mask).logits[:, subset])
+
+    check_over_draws(2 * 5, draw)
 
 
 def test_sampled_training_step_uses_positives_and_k_negatives():
@@ -132,11 +162,18 @@ def test_sampled_training_step_uses_positives_and_k_negatives():
     assert len(chosen) == 8 and {1, 7, 30} <= set(chosen) and chosen == sorted(chosen)
     assert out.logits.shape == (3, 8)
     model.eval()
-    with torch.no_grad():  # no dropout: the sampled labels' loss is the loss over those columns of a full pass
-        out = model(ids, mask, labels=targets, subset=torch.tensor(chosen))
-        full = model(ids, mask).logits[:, chosen]
-    want = torch.nn.functional.binary_cross_entropy_with_logits(full, targets[:, chosen])
-    assert_relative_close(out.loss, want, 1e-6, "sampled loss")
+    oracle = fp64_copy(model)
+
+    def draw(samples):  # no dropout: the sampled labels' loss is the loss over those columns of a full pass
+        ids, mask = text_batch(3, 8, 0)
+        with torch.no_grad():
+            out = model(ids, mask, labels=targets, subset=torch.tensor(chosen))
+            plain, exact = (torch.nn.functional.binary_cross_entropy_with_logits(
+                m(ids, mask).logits[:, chosen], targets[:, chosen].to(dtype))
+                for m, dtype in ((model, torch.float32), (oracle, torch.float64)))
+        samples.add("sampled loss", out.loss, plain, exact)
+
+    check_over_draws(1, draw)  # the same sampled labels, on fresh texts
 
 
 def test_negatives_follow_the_given_scores():
@@ -227,7 +264,15 @@ def test_decoupled_survives_save_and_reload(tmp_path):
     torch.testing.assert_close(loaded(ids, mask).logits, model(ids, mask).logits, rtol=0, atol=0)
     rechunked = Model.from_pretrained(tmp_path, label_chunk_size=2, hidden_dropout_prob=0.0)
     assert rechunked.config.label_chunk_size == 2 and rechunked.config.encoder.hidden_dropout_prob == 0.0
-    torch.testing.assert_close(rechunked(ids, mask).logits, model(ids, mask).logits, rtol=1e-5, atol=1e-6)
+    oracle = fp64_copy(model)
+
+    def draw(samples):  # the saved model in fp64 the oracle, in fp32 plain
+        ids, mask = text_batch(2, 7, model.config.encoder.pad_token_id)
+        with torch.no_grad():
+            samples.add("rechunked logits", rechunked(ids, mask).logits, model(ids, mask).logits,
+                        oracle(ids, mask).logits)
+
+    check_over_draws(2 * 6, draw)
     with pytest.raises(ValueError, match="label_chunk_size must be None or an int >= 1"):
         Model.from_pretrained(tmp_path, label_chunk_size=0)
 

@@ -4,7 +4,8 @@ One launch runs every job (the processes' start-up, importing torch and transfor
 each test below checks one job's results against a single-process run in this process:
 
 * DDP, `find_unused_parameters=False`, in the three label modes (full attention, shared positions,
-  decoupled with label sampling): the parameters after 3 AdamW steps equal one process on the global batch;
+  decoupled with label sampling): the parameters after 3 AdamW steps equal one process on the global batch
+  (the accuracy rule on the update: one process in fp64 the oracle, in fp32 the plain path);
 * FSDP (`fully_shard` on the encoder layers): the same, and the checkpoint it saves reloads on one process
   with the logits the sharded model computes;
 * label sampling: each rank scores its own positives and draws its own negatives, reproducibly;
@@ -21,7 +22,8 @@ import sys
 
 import pytest
 import torch
-from tests.helpers import encoder_config, label_names, make_tiny_tokenizer
+from tests.helpers import (AccuracyRuleSamples, assert_within_accuracy_rule, chosen_seed, encoder_config,
+                           fp64_copy, label_names, make_tiny_tokenizer)
 
 import ltc_fast
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
@@ -79,7 +81,7 @@ def _example_index(target_row) -> int:
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     """Write every job's inputs, run the 2-process torchrun launch once, return the work folder."""
-    seed = int.from_bytes(os.urandom(4), "little")
+    seed = chosen_seed("tests/test_distributed.py::launched")
     print(f"torch seed of the distributed jobs' inputs: {seed}")
     torch.manual_seed(seed)
     workdir = tmp_path_factory.mktemp("distributed")
@@ -115,12 +117,13 @@ def launched(tmp_path_factory):
     return workdir
 
 
-def _single_process_steps(folder, scored_label_ids) -> Model:
-    """The reference: one process, the global batch, the same AdamW. With label sampling, each rank's half
-    is scored on the labels that rank scored; the loss is the mean of the halves' losses (what DDP's
-    gradient averaging computes). Without sampling, one forward over the whole batch."""
-    model = Model.from_pretrained(folder / "initial").train()
+def _single_process_steps(folder, scored_label_ids, dtype=torch.float32) -> Model:
+    """The reference: one process, the global batch, the same AdamW, in `dtype` (fp64: the oracle). With label
+    sampling, each rank's half is scored on the labels that rank scored; the loss is the mean of the halves'
+    losses (what DDP's gradient averaging computes). Without sampling, one forward over the whole batch."""
+    model = Model.from_pretrained(folder / "initial").to(dtype).train()
     batch = torch.load(folder / "batch.pt")
+    batch["labels"] = batch["labels"].to(dtype)
     optimizer = torch.optim.AdamW(model.parameters(), **ADAMW)
     for step in range(STEPS):
         if scored_label_ids[0][step] is None:
@@ -134,11 +137,22 @@ def _single_process_steps(folder, scored_label_ids) -> Model:
     return model
 
 
-def _assert_same_parameters(saved: Model, reference: Model, what: str):
-    expected = reference.state_dict()
-    assert saved.state_dict().keys() == expected.keys()
-    for name, value in saved.state_dict().items():
-        torch.testing.assert_close(value, expected[name], rtol=0, atol=2e-6, msg=lambda m, name=name: f"{what}: {name}: {m}")
+def _assert_same_update(folder, saved: Model, scored_label_ids, what: str):
+    """The accuracy rule on the update (the parameters after the steps minus before, every parameter as one
+    vector): one process in fp64 the oracle, in fp32 the plain path. Buffers do not move."""
+    initial = Model.from_pretrained(folder / "initial")
+    plain, exact = (_single_process_steps(folder, scored_label_ids, dtype) for dtype in (torch.float32, torch.float64))
+    assert saved.state_dict().keys() == plain.state_dict().keys()
+    for name, buffer in saved.named_buffers():
+        assert torch.equal(buffer, dict(initial.named_buffers())[name]), f"{what}: buffer {name}"
+    samples = AccuracyRuleSamples()
+    plain_parameters, exact_parameters = dict(plain.named_parameters()), dict(exact.named_parameters())
+    for name, before in initial.named_parameters():
+        after = dict(saved.named_parameters())[name]
+        samples.add(f"{what}: update", after.detach() - before.detach(),
+                    plain_parameters[name].detach() - before.detach(),
+                    exact_parameters[name].detach() - before.detach().double(), part=name)
+    samples.check()
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -159,12 +173,11 @@ def test_every_parameter_gets_a_gradient(mode):
 def test_ddp_steps_equal_one_process_on_the_global_batch(launched, mode):
     folder = launched / f"ddp-{mode}"
     results = torch.load(folder / "ddp-results.pt")
-    reference = _single_process_steps(folder, results["label_ids"])
     initial = Model.from_pretrained(folder / "initial")
     saved = Model.from_pretrained(folder / "ddp-saved")
     moved = max((p - q).abs().max() for p, q in zip(saved.parameters(), initial.parameters()))
     assert moved > 1e-3, "the steps changed the parameters"
-    _assert_same_parameters(saved, reference, f"DDP {mode}")
+    _assert_same_update(folder, saved, results["label_ids"], f"DDP {mode}")
 
 
 def test_sampled_labels_under_ddp_are_each_ranks_own(launched):
@@ -206,12 +219,14 @@ def test_fsdp_steps_and_checkpoint(launched, mode):
     assert results["label_table_rows_here"] == NUM_LABELS // WORLD
     saved = Model.from_pretrained(folder / "fsdp-saved")
     assert saved.config.architectures == ["AutoModelForTokenSequenceClassification"]
-    _assert_same_parameters(saved, _single_process_steps(folder, results["label_ids"]), f"FSDP {mode}")
+    _assert_same_update(folder, saved, results["label_ids"], f"FSDP {mode}")
     batch = torch.load(folder / "batch.pt")
-    with torch.no_grad():
-        logits = saved(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():  # the accuracy rule: the reloaded model in fp64 the oracle, in fp32 the plain path
+        logits = saved.eval()(**inputs).logits
+        exact = fp64_copy(saved)(**inputs).logits
     assert logits.shape == (4, NUM_LABELS)
-    torch.testing.assert_close(logits, results["logits"], rtol=0, atol=1e-6)
+    assert_within_accuracy_rule(results["logits"], logits, exact, f"FSDP {mode} logits")
 
 
 def test_trainer_under_torchrun(launched):
@@ -230,9 +245,11 @@ def test_trainer_under_torchrun(launched):
     collator = ltc_fast.LabelTokenCollator(_tokenizer(folder), model.num_labels, model.config.problem_type)
     seen = reports[0]["seen"][0]
     order = [_example_index(row) for row in seen["targets"].round().long().tolist()]
-    with torch.no_grad():
-        logits = model(**{k: v for k, v in collator([dev[i] for i in order]).items() if k != "labels"}).logits
-    torch.testing.assert_close(seen["logits"].float(), logits, rtol=0, atol=1e-5)
+    inputs = {k: v for k, v in collator([dev[i] for i in order]).items() if k != "labels"}
+    with torch.no_grad():  # the accuracy rule: the model in fp64 the oracle, on one batch in fp32 the plain path
+        logits = model.eval()(**inputs).logits
+        exact = fp64_copy(model)(**inputs).logits
+    assert_within_accuracy_rule(seen["logits"].float(), logits, exact, "gathered logits")
 
 
 def _tokenizer(folder):

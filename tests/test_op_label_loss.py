@@ -6,6 +6,7 @@ fp32 / fp16 / bf16 logits; backend selection; torch.compile and opcheck of the c
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import AccuracyRuleSamples, assert_within_accuracy_rule, draws_for
+from tests.helpers import (EXTENDED, FLOAT_DTYPES, AccuracyRuleSamples, assert_within_accuracy_rule, draws_for,
+                           extended, from_extended)
 from ltc_fast.ops import loss_extension
 from ltc_fast.ops.dispatch import ENV_VAR as BACKEND_ENV_VAR
 from ltc_fast.ops.label_loss import label_loss_and_probas
@@ -48,10 +50,7 @@ def test_the_extension_is_loaded_where_ci_requires_it():
 # logits the oracle is torch's own functions in fp64 on the same logits. For fp64 logits torch has nothing more
 # precise, and its fp64 result is itself off by more than its last place where the value cancels (p - y near
 # 0, a probability near 1 from exp(x - logsumexp)): there the oracle is the closed form below in numpy's
-# extended precision (np.longdouble: 64 significant bits on x86-64, 113 on aarch64 Linux).
-EXTENDED = np.finfo(np.longdouble).eps < torch.finfo(torch.float64).eps
-FLOAT_DTYPES = [pytest.param(torch.float64, marks=pytest.mark.skipif(
-    not EXTENDED, reason="np.longdouble is no wider than float64 here: no oracle for fp64 logits")), torch.float32]
+# extended precision (tests/helpers.py: EXTENDED).
 
 
 def poison_heap(*like: torch.Tensor) -> None:
@@ -126,11 +125,10 @@ class Problem:
         (1 - y) x + (1 + (w - 1) y) log(1 + e^-x), slope (1 + (w - 1) y) sigmoid(x) - w y. Single-label, per
         row, with p = softmax(x): (1 - s) (lse - x_t) + s mean_j (lse - x_j), slopes p_j - (1 - s) [j = t] - s / N."""
         long = np.longdouble
-        x = logits.detach().double().cpu().numpy().astype(long)
+        x = extended(logits)
         if self.multi_label:
-            y = self.targets.detach().double().cpu().numpy().astype(long) * np.ones_like(x)
-            w = np.ones_like(x) if self.pos_weight is None else \
-                self.pos_weight.detach().double().cpu().numpy().astype(long) * np.ones_like(x)
+            y = extended(self.targets) * np.ones_like(x)
+            w = np.ones_like(x) if self.pos_weight is None else extended(self.pos_weight) * np.ones_like(x)
             keep = np.ones(x.shape, bool) if self.label_mask is None else \
                 np.broadcast_to(self.label_mask.bool().cpu().numpy(), x.shape)
             probas = 1 / (1 + np.exp(-x))
@@ -150,7 +148,7 @@ class Problem:
             elements = np.where(kept, rows, 0)
             slopes = np.where(kept[:, None], probas - (1 - smoothing) * chosen - smoothing / x.shape[-1], 0)
             count = kept.sum()
-        up = upstream.detach().double().cpu().numpy().astype(long)
+        up = extended(upstream)
         if self.reduction == "none":
             loss, scale = elements, (up if self.multi_label else up[:, None])
         else:
@@ -159,10 +157,10 @@ class Problem:
             loss, scale = elements.sum() * factor, up * factor
         dlogits = slopes * scale
         if probas_weights is not None:
-            pw = probas_weights.detach().double().cpu().numpy().astype(long)
+            pw = extended(probas_weights)
             dlogits = dlogits + (probas * (1 - probas) * pw if self.multi_label else
                                  probas * (pw - (probas * pw).sum(-1, keepdims=True)))
-        return tuple(torch.from_numpy(np.asarray(v, dtype=np.float64)) for v in (loss, probas, dlogits))
+        return tuple(from_extended(v) for v in (loss, probas, dlogits))
 
 
 def run_with_grads(fn, logits, upstream=None):
@@ -485,28 +483,26 @@ def test_half_precision_error_at_most_twice_torchs(backend, dtype, multi_label):
 @pytest.mark.parametrize("multi_label", [True, False])
 def test_gradient_through_the_probas_too(backend, dtype, multi_label):
     """dlogits of loss + sum(probas * weights), pooled over draws."""
+    def gradient(fn, x, weights):
+        leaf = x.detach().clone().requires_grad_()
+        loss, probas = fn(leaf)
+        (grad,) = torch.autograd.grad(loss + (probas * weights.to(probas.dtype)).sum(), leaf)
+        return grad
+
     samples = AccuracyRuleSamples()
     for _ in range(draws_for(4 * 6)):
         logits = torch.randn(4, 6, dtype=torch.float64).to(dtype)
         targets = (torch.rand(4, 6) < 0.5).to(dtype) if multi_label else torch.randint(0, 6, (4,))
         weights = torch.randn(4, 6, dtype=torch.float64).to(dtype)
         problem = Problem(targets, multi_label)
-
-        def gradient(fn, x):
-            leaf = x.detach().clone().requires_grad_()
-            loss, probas = fn(leaf)
-            (grad,) = torch.autograd.grad(loss + (probas * weights.to(probas.dtype)).sum(), leaf)
-            return grad
-
-        def torchs(x):
-            return problem.loss(x), problem.probas(x)
-
-        ours = gradient(lambda x: label_loss_and_probas(x, targets, multi_label, backend=backend), logits)
+        torchs = lambda x, problem=problem: (problem.loss(x), problem.probas(x))  # noqa: E731
+        ours = gradient(lambda x, t=targets: label_loss_and_probas(x, t, multi_label, backend=backend), logits,
+                        weights)
         if dtype == torch.float64:
             exact = problem.extended(logits, torch.ones((), dtype=torch.float64), probas_weights=weights)[2]
         else:
-            exact = gradient(torchs, logits.double())
-        samples.add("dlogits", ours, gradient(torchs, logits), exact)
+            exact = gradient(torchs, logits.double(), weights)
+        samples.add("dlogits", ours, gradient(torchs, logits, weights), exact)
     samples.check()
 
 
@@ -532,13 +528,11 @@ def test_extension_matches_its_twin_on_random_shapes(batch, num_labels, multi_la
             targets[torch.rand(batch, generator=generator) < 0.2] = -100
             options = {"label_smoothing": 0.2} if option else {}
         upstream = torch.randn(upstream_shape, generator=generator)
-
-        def run(backend, x, upstream):
-            return run_with_grads(lambda leaf: label_loss_and_probas(leaf, targets, multi_label, backend=backend,
-                                                                     reduction=reduction, **options), x, upstream)[:3]
-
-        exact = run("torch", logits.double(), upstream.double())
-        for what, ours, plain, exact_value in zip(("loss", "probas", "dlogits"), run("extension", logits, upstream),
-                                                  run("torch", logits, upstream), exact):
-            samples.add(what, ours, plain, exact_value)
+        call = functools.partial(label_loss_and_probas, targets=targets, multi_label=multi_label,
+                                 reduction=reduction, **options)
+        exact = run_with_grads(functools.partial(call, backend="torch"), logits.double(), upstream.double())
+        twin = run_with_grads(functools.partial(call, backend="torch"), logits, upstream)
+        ours = run_with_grads(functools.partial(call, backend="extension"), logits, upstream)
+        for what, mine, plain, exact_value in zip(("loss", "probas", "dlogits"), ours, twin, exact):
+            samples.add(what, mine, plain, exact_value)
     samples.check()

@@ -1,10 +1,12 @@
 """Packed (unpadded) execution: one sequence with offsets, no pad token in any matmul, same function as the
-padded path (fp32, 1e-5): logits, hidden states and every gradient."""
+padded path: logits, hidden states and every gradient, held to the accuracy rule (tests/helpers.py) with the
+padded path in fp64 the oracle and in fp32 the plain path."""
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +14,9 @@ import ltc_fast
 from ltc_fast import attention, layout
 from ltc_fast.encoders import modes_supported
 
-from tests.helpers import assert_relative_close, encoder_config, label_names, logit_scale, random_targets, text_batch
+from tests.helpers import (FLOAT_DTYPES, GRADIENT_DRAWS, AccuracyRuleSamples, assert_within_accuracy_rule,
+                           draws_for, encoder_config, extended, fp64_copy, from_extended, label_names,
+                           random_targets, text_batch)
 
 Model = ltc_fast.AutoModelForTokenSequenceClassification
 
@@ -30,42 +34,55 @@ def padded_and_packed(arch, num_labels, problem_type="multi_label_classification
 @pytest.mark.parametrize("batch_size,num_labels", [(1, 1), (3, 5), (4, 28)])
 @pytest.mark.parametrize("label_positions", ["reference", "shared"])
 def test_packed_equals_padded(arch, batch_size, num_labels, label_positions):
+    """Logits pooled over draws (at least RULE_VALUES values), every parameter's gradient as one vector over
+    GRADIENT_DRAWS draws."""
     problem_type = "single_label_classification" if num_labels == 5 else "multi_label_classification"
     padded, packed = padded_and_packed(arch, num_labels, problem_type, label_positions=label_positions)
     pad_id = padded.config.encoder.pad_token_id
-    ids, mask = text_batch(batch_size, 11, pad_id)
-    targets = random_targets(problem_type, batch_size, num_labels)
-    outputs = {}
-    for name, model in (("padded", padded), ("packed", packed)):
+    for model in (padded, packed):
         model.train()  # dropout probabilities are zeroed below, so train mode only adds autograd
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
         model.config.label_head_dropout = 0.0
-        out = model(ids, mask, labels=targets)
-        out.loss.backward()
-        outputs[name] = (out.logits.detach(), {k: p.grad for k, p in model.named_parameters()})
-    assert_relative_close(outputs["packed"][0], outputs["padded"][0], 1e-5, "logits",
-                          scale=logit_scale(padded, outputs["padded"][0]))
-    grads_padded, grads_packed = outputs["padded"][1], outputs["packed"][1]
-    scale = max(g.abs().max() for g in grads_padded.values() if g is not None)
-    for name, grad in grads_padded.items():
-        if grad is None:
-            assert grads_packed[name] is None, name
+    oracle = fp64_copy(padded)
+    samples = AccuracyRuleSamples()
+    for draw in range(draws_for(batch_size * num_labels, at_least=GRADIENT_DRAWS)):
+        ids, mask = text_batch(batch_size, 11, pad_id)
+        targets = random_targets(problem_type, batch_size, num_labels)
+        with_gradients = draw < GRADIENT_DRAWS
+        outputs = {}
+        for name, model in (("padded", padded), ("packed", packed), ("oracle", oracle)):
+            model.zero_grad(set_to_none=True)
+            with torch.set_grad_enabled(with_gradients):
+                out = model(ids, mask, labels=targets)
+            if with_gradients:
+                out.loss.backward()
+            outputs[name] = (out.logits.detach(), {k: p.grad for k, p in model.named_parameters()})
+        samples.add("logits", outputs["packed"][0], outputs["padded"][0], outputs["oracle"][0])
+        if not with_gradients:
             continue
-        assert_relative_close(grads_packed[name], grad, 1e-5, f"grad {name}", scale=scale)
+        (_, grads_packed), (_, grads_padded), (_, grads_exact) = (outputs[k] for k in ("packed", "padded", "oracle"))
+        for name, grad in grads_padded.items():
+            if grad is None:
+                assert grads_packed[name] is None, name
+                continue
+            samples.add("gradient", grads_packed[name], grad, grads_exact[name], part=name)
+    samples.check()
 
 
 def test_packed_hidden_states_are_the_padded_ones_at_real_tokens():
     padded, packed = padded_and_packed("roberta", 4)
     padded.eval(), packed.eval()
     ids, mask = text_batch(3, 9, padded.config.encoder.pad_token_id)
-    want = padded(ids, mask, output_hidden_states=True).hidden_states
-    got = packed(ids, mask, output_hidden_states=True).hidden_states
+    with torch.no_grad():
+        want = padded(ids, mask, output_hidden_states=True).hidden_states
+        exact = fp64_copy(padded)(ids, mask, output_hidden_states=True).hidden_states
+        got = packed(ids, mask, output_hidden_states=True).hidden_states
     real = layout.insert_label_slots(mask, 4, 1).bool()
     assert len(got) == len(want)
-    for layer, (g, w) in enumerate(zip(got, want)):
-        assert_relative_close(g[real], w[real], 1e-5, f"hidden state {layer}")
+    for layer, (g, w, e) in enumerate(zip(got, want, exact)):
+        assert_within_accuracy_rule(g[real], w[real], e[real], f"hidden state {layer}")
         assert (g[~real] == 0).all()
 
 
@@ -151,22 +168,36 @@ def test_torch_varlen_attn_gets_heads_padded_to_a_multiple_of_8(monkeypatch):
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     q, k, v = (torch.randn(1, heads, sum(lengths), dim, requires_grad=True) for _ in range(3))
     packed = attention.PackedSequences(cu, max(lengths), cu.tolist())
-    want = attention._varlen_attention(q, k, v, packed, 0.0, 0.3)  # the exact per-sequence loop (CPU)
-    want_grads = torch.autograd.grad(want.square().sum(), (q, k, v))
+
+    def loop(q, k, v):  # the per-sequence loop (CPU): in fp32 the plain path, in fp64 the oracle
+        out = attention._varlen_attention(q, k, v, packed, 0.0, 0.3)
+        return out, torch.autograd.grad(out.square().sum(), (q, k, v))
+
+    want, want_grads = loop(q, k, v)
+    exact, exact_grads = loop(*(t.detach().double().requires_grad_() for t in (q, k, v)))
     monkeypatch.setattr(attention, "fused_varlen_runs", lambda *args: True)
     monkeypatch.setattr(attention, "flash_attn_varlen", lambda: None)
     monkeypatch.setattr(attention, "torch_varlen_attn", lambda: varlen_attn_contract)
     got = attention._varlen_attention(q, k, v, packed, 0.0, 0.3)
     got_grads = torch.autograd.grad(got.square().sum(), (q, k, v))
     assert received == [16]
-    torch.testing.assert_close(got, want)
-    for got_grad, want_grad in zip(got_grads, want_grads):
-        torch.testing.assert_close(got_grad, want_grad)
+    assert_within_accuracy_rule(got, want, exact, "output")
+    for name, got_grad, want_grad, exact_grad in zip("qkv", got_grads, want_grads, exact_grads):
+        assert_within_accuracy_rule(got_grad, want_grad, exact_grad, f"gradient of {name}")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def _attention_extended(q, k, v, scale):
+    """softmax(q k^T scale) v for one sequence's [heads, length, dim] tensors, in np.longdouble."""
+    q, k, v = (extended(t) for t in (q, k, v))
+    scores = q @ k.transpose(0, 2, 1) * np.longdouble(scale)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    return from_extended((weights / weights.sum(-1, keepdims=True)) @ v)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_varlen_attention_equals_masked_sdpa(dtype):
-    """The packed kernel path against SDPA over the padded batch with a key-padding mask."""
+    """The packed kernel path against SDPA over the padded batch with a key-padding mask (the plain path). The
+    oracle: that SDPA in fp64 for fp32; for fp64, the attention in extended precision."""
     lengths = [5, 1, 8]
     heads, dim = 3, 7
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
@@ -174,16 +205,26 @@ def test_varlen_attention_equals_masked_sdpa(dtype):
     packed = attention.PackedSequences(cu, max(lengths), cu.tolist())
     got = attention._varlen_attention(q, k, v, packed, 0.0, dim ** -0.5)
     assert got.shape == (1, sum(lengths), heads, dim)
-    for b, (start, length) in enumerate(zip(cu.tolist(), lengths)):
-        pad = max(lengths) - length
 
+    def masked_sdpa(q, k, v, start, length):
         def padded(t):
-            return torch.nn.functional.pad(t[:, :, start:start + length], (0, 0, 0, pad))
+            return torch.nn.functional.pad(t[:, :, start:start + length], (0, 0, 0, max(lengths) - length))
 
         key_mask = torch.arange(max(lengths)) < length
-        want = torch.nn.functional.scaled_dot_product_attention(padded(q), padded(k), padded(v),
-                                                                attn_mask=key_mask[None, None, None, :])
-        torch.testing.assert_close(got[0, start:start + length], want[0, :, :length].transpose(0, 1))
+        out = torch.nn.functional.scaled_dot_product_attention(padded(q), padded(k), padded(v),
+                                                               attn_mask=key_mask[None, None, None, :])
+        return out[0, :, :length].transpose(0, 1)
+
+    samples = AccuracyRuleSamples()
+    for b, (start, length) in enumerate(zip(cu.tolist(), lengths)):
+        if dtype == torch.float64:
+            exact = _attention_extended(*(t[0, :, start:start + length] for t in (q, k, v)), dim ** -0.5)
+            exact = exact.transpose(0, 1)
+        else:
+            exact = masked_sdpa(q.double(), k.double(), v.double(), start, length)
+        samples.add("attention", got[0, start:start + length], masked_sdpa(q, k, v, start, length), exact,
+                    part=f"sequence {b}")
+    samples.check()
 
 
 def test_forcing_packed_on_an_encoder_without_it_is_a_clear_error():

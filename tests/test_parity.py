@@ -5,7 +5,7 @@ the reference's own fp32 error plus one unit in the last place."""
 import pytest
 import torch
 
-from tests.helpers import (ARCHITECTURES, GRADIENT_DRAWS, VOCAB, AccuracyRuleSamples, draws_for, fp64_copy,
+from tests.helpers import (ARCHITECTURES, GRADIENT_DRAWS, AccuracyRuleSamples, draws_for, fp64_copy,
                            random_targets, reference_and_ltc, reference_format, reference_outputs_fp64, text_batch)
 
 PROBLEM_TYPES = ["multi_label_classification", "single_label_classification"]
