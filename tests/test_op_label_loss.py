@@ -1,7 +1,8 @@
 """`label_loss_and_probas` (C++ extension and its PyTorch twin) against torch's own
-`F.binary_cross_entropy_with_logits` / `F.cross_entropy` + sigmoid / softmax: loss, probas and dlogits
-(autograd with a random upstream gradient), every option and reduction, odd shapes, extreme logits, fp64 /
-fp32 / fp16 / bf16 logits; backend selection; torch.compile and opcheck of the custom ops."""
+`F.binary_cross_entropy_with_logits` / `F.cross_entropy` + sigmoid / softmax by the accuracy rule (an exact
+oracle, torch at the logits' precision the plain path): loss, probas and dlogits (autograd with a random
+upstream gradient), every option and reduction, odd shapes, extreme logits, fp64 / fp32 / fp16 / bf16 logits;
+backend selection; torch.compile and opcheck of the custom ops."""
 
 from __future__ import annotations
 
@@ -418,15 +419,17 @@ INFINITE_ROWS = {  # one row each; single-label targets point at a finite logit,
 @pytest.mark.parametrize("multi_label", [True, False])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 def test_infinite_logits_give_torchs_values(device, backend, row, multi_label, label_smoothing):
-    """Loss, probas and dlogits equal torch's own elementwise, infinities and NaN included (a -inf logit once
-    gave the extension a NaN loss: 0 * inf in the smoothing term on the CPU, exp(-inf - -inf) on CUDA)."""
+    """Loss, probas and dlogits are torch's own elementwise: infinities and NaN exactly, finite values by the
+    accuracy rule (a -inf logit once gave the extension a NaN loss: 0 * inf in the smoothing term on the CPU,
+    exp(-inf - -inf) on CUDA)."""
     if multi_label and label_smoothing:
         pytest.skip("label smoothing is single-label only")
     values, class_ids = INFINITE_ROWS[row]
     logits = torch.tensor([values] * len(class_ids), device=device)
     if multi_label:
         targets, options = (torch.rand(logits.shape, device=device) < 0.5).float(), {}
-        torch_loss = lambda x: F.binary_cross_entropy_with_logits(x, targets.to(x.dtype), reduction="none")  # noqa: E731
+        torch_loss = lambda x: F.binary_cross_entropy_with_logits(  # noqa: E731
+            x, targets.to(x.dtype), reduction="none")
         probas_fn = torch.sigmoid
     else:
         targets, options = torch.tensor(class_ids, device=device), {"label_smoothing": label_smoothing}

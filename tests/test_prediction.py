@@ -8,7 +8,8 @@ from ltc_fast import AutoModelForTokenSequenceClassification as Model
 from ltc_fast import LtcConfig, tokenize_texts
 from ltc_fast import load_classifier
 from ltc_fast.prediction import predict_probas
-from tests.helpers import assert_within_accuracy_rule, encoder_config, fp64_copy, make_tiny_tokenizer, save_tiny_encoder
+from tests.helpers import (assert_within_accuracy_rule, encoder_config, fp64_copy, make_tiny_tokenizer,
+                           save_tiny_encoder)
 
 NAMES = ["joy", "fear", "love", "calm", "anger"]
 TEXTS = ["happy day", "the very bad food is not good", "calm", "sad sad sad day", "love joy fear",
@@ -38,8 +39,9 @@ def test_predict_returns_names_and_scores_of_the_forward_pass(tmp_path):
     exact = _probas(fp64_copy(model), TEXTS)
     results = model.predict(TEXTS, top_k=len(NAMES))  # the tokenizer comes from the model's directory
     assert len(results) == len(TEXTS)
-    for row, labels in zip(expected, results):
-        assert [entry["label"] for entry in labels] == [NAMES[i] for i in np.argsort(-row, kind="stable")]
+    for labels in results:  # every label once, best first (by its own scores: a near tie may order either way)
+        assert sorted(entry["label"] for entry in labels) == sorted(NAMES)
+        assert [entry["score"] for entry in labels] == sorted((entry["score"] for entry in labels), reverse=True)
     scores = np.array([[next(e["score"] for e in labels if e["label"] == name) for name in NAMES]
                        for labels in results], dtype=np.float32)
     assert_within_accuracy_rule(torch.from_numpy(scores), torch.from_numpy(expected), torch.from_numpy(exact),
