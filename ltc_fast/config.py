@@ -120,6 +120,8 @@ class LtcConfig(PretrainedConfig):
     """
 
     model_type = "ltc_fast"
+    # Trainer.predict / evaluate hand compute_metrics the logits alone, as for any classifier.
+    keys_to_ignore_at_inference = ["probas", "hidden_states", "attentions"]
     sub_configs = {"encoder": AutoConfig}
 
     def __init__(

@@ -79,9 +79,24 @@ def load_pretrained(
     model.name_or_path = model.config._name_or_path = path  # where `predict` finds the saved tokenizer
     if attn_implementation is not None:
         model.set_attn_implementation(attn_implementation)  # HF's own switch, sub-models included
+    dtype = resolve_dtype(dtype, found)
     if dtype is not None:
         model.to(dtype)
     return model.eval()
+
+
+def resolve_dtype(dtype, config) -> torch.dtype | None:
+    """`dtype` as transformers' loaders take it: a torch.dtype, its name (`"bfloat16"`), or `"auto"` (the
+    dtype the checkpoint's config records, as `pipeline()` asks for; float32 when it records none)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        saved = getattr(config, "dtype", None) or getattr(getattr(config, "encoder", None), "dtype", None)
+        return resolve_dtype(saved, config) if saved not in (None, "auto") else None
+    named = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if not isinstance(named, torch.dtype):
+        raise ValueError(f"dtype must be a torch.dtype, its name (e.g. 'bfloat16') or 'auto', got {dtype!r}")
+    return named
 
 def _from_ltc_checkpoint(model_class, path, config, num_labels, label_names, problem_type):
     if num_labels is not None and num_labels != config.num_labels:

@@ -14,9 +14,15 @@ from transformers import AutoConfig, AutoTokenizer, Trainer, TrainingArguments, 
 from .. import checkpoints, distributed
 from ..batching import LabelTokenCollator, tokenize_texts
 from ..config import MULTI_LABEL, LtcConfig, normalize_problem_type
+from ..layout import label_slots
 from ..modeling import AutoModelForTokenSequenceClassification
 from .datafiles import LabeledData
-from .evaluation import classification_metrics, evaluate, report_from_probas, tuned_thresholds
+from .evaluation import (
+    classification_metrics,
+    evaluate,
+    report_from_probas,
+    tuned_thresholds,
+)
 from .output import write_json
 from .provenance import provenance
 
@@ -172,6 +178,9 @@ def train_classifier(model_source: str, train: LabeledData, dev: LabeledData, ou
         test_report = evaluate(model, tokenizer, test, test_threshold, options.eval_batch_size, max_length)[0]
 
     model.save_pretrained(out_dir)
+    # The text budget as the tokenizer's limit: pipeline(..., truncation=True) then cuts texts as training did.
+    slots = label_slots(len(names), model.config.label_positions, model.config.label_attention)
+    tokenizer.model_max_length = min(tokenizer.model_max_length, max_length - slots)
     tokenizer.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "labels.txt"), "w", encoding="utf-8") as f:
         f.write("".join(f"{name}\n" for name in names))
