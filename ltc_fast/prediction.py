@@ -10,7 +10,7 @@ otherwise.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,10 +42,12 @@ def default_max_length(model) -> int:
 SORT_WINDOW_BATCHES = 64
 
 
-@torch.no_grad()
-def iter_probas(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None,
-                progress: bool = False, sort_by_length: bool = True) -> Iterator[np.ndarray]:
-    """Probabilities `[n, num_labels]` (float32) of consecutive runs of `texts`, in the texts' order.
+def iter_batched_probas(texts: Sequence[str], num_labels: int, probas_of: Callable[[list[str]], np.ndarray],
+                        batch_size: int = 32, progress: bool = False,
+                        sort_by_length: bool = True) -> Iterator[np.ndarray]:
+    """Probabilities `[n, num_labels]` (float32) of consecutive runs of `texts`, in the texts' order, from
+    `probas_of(batch_texts) -> [len(batch_texts), num_labels]`, called once per batch of at most `batch_size`
+    texts: the batching that a PyTorch model (`iter_probas`) and an exported graph (`OnnxClassifier`) share.
 
     With `sort_by_length` (the default), the texts of each window of `SORT_WINDOW_BATCHES` batches are batched
     by length (in characters, longest first) and their probabilities put back in order, so short texts are not
@@ -53,28 +55,38 @@ def iter_probas(model, tokenizer, texts: Sequence[str], batch_size: int = 32, ma
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    window = batch_size * (SORT_WINDOW_BATCHES if sort_by_length else 1)
+    with tqdm(total=len(texts), unit="text", disable=not progress, desc="predict") as bar:
+        for window_start in range(0, len(texts), window):
+            chunk = list(texts[window_start:window_start + window])
+            order = (sorted(range(len(chunk)), key=lambda i: -len(chunk[i])) if sort_by_length
+                     else list(range(len(chunk))))
+            probas = np.empty((len(chunk), num_labels), dtype=np.float32)
+            for start in range(0, len(chunk), batch_size):
+                rows = order[start:start + batch_size]
+                probas[rows] = probas_of([chunk[i] for i in rows])
+                bar.update(len(rows))
+            yield probas
+
+
+@torch.no_grad()
+def iter_probas(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None,
+                progress: bool = False, sort_by_length: bool = True) -> Iterator[np.ndarray]:
+    """Probabilities `[n, num_labels]` (float32) of consecutive runs of `texts`, in the texts' order (batched
+    as `iter_batched_probas` says)."""
     max_length = default_max_length(model) if max_length is None else max_length
     device = next(model.parameters()).device
-    window = batch_size * (SORT_WINDOW_BATCHES if sort_by_length else 1)
+
+    def probas_of(batch_texts: list[str]) -> np.ndarray:
+        batch = tokenize_texts(tokenizer, batch_texts, model.num_labels, max_length=max_length, padding=True,
+                               return_tensors="pt", label_positions=model.config.label_positions,
+                               label_attention=model.config.label_attention)
+        return model(**{k: v.to(device) for k, v in batch.items()}).probas.float().cpu().numpy()
+
     was_training = model.training
     model.eval()
     try:
-        with tqdm(total=len(texts), unit="text", disable=not progress, desc="predict") as bar:
-            for window_start in range(0, len(texts), window):
-                chunk = list(texts[window_start:window_start + window])
-                order = (sorted(range(len(chunk)), key=lambda i: -len(chunk[i])) if sort_by_length
-                         else list(range(len(chunk))))
-                probas = np.empty((len(chunk), model.num_labels), dtype=np.float32)
-                for start in range(0, len(chunk), batch_size):
-                    rows = order[start:start + batch_size]
-                    batch = tokenize_texts(tokenizer, [chunk[i] for i in rows], model.num_labels,
-                                           max_length=max_length, padding=True, return_tensors="pt",
-                                           label_positions=model.config.label_positions,
-                                           label_attention=model.config.label_attention)
-                    output = model(**{k: v.to(device) for k, v in batch.items()}).probas
-                    probas[rows] = output.float().cpu().numpy()
-                    bar.update(len(rows))
-                yield probas
+        yield from iter_batched_probas(texts, model.num_labels, probas_of, batch_size, progress, sort_by_length)
     finally:
         model.train(was_training)
 
@@ -138,9 +150,17 @@ def iter_predictions(model, tokenizer, texts, top_k: int | None = None, threshol
                      batch_size: int = 32, max_length: int | None = None, progress: bool = False,
                      sort_by_length: bool = True):
     """`predict`, a run of texts at a time (see `iter_probas`): yields each run's list of label lists."""
-    top_k, thresholds = decision_rule(model.config, top_k, threshold)
-    names = model.config.label_names
-    for probas in iter_probas(model, tokenizer, texts, batch_size, max_length, progress, sort_by_length):
+    runs = iter_probas(model, tokenizer, texts, batch_size, max_length, progress, sort_by_length)
+    yield from labels_of_probas(runs, model.config, top_k, threshold)
+
+
+def labels_of_probas(runs: Iterable[np.ndarray], config, top_k: int | None = None,
+                     threshold: float | None = None) -> Iterator[list[list[dict]]]:
+    """Each run of probabilities `[n, num_labels]` -> its texts' labels (`select_labels`) under the decision rule
+    of `config` (anything with `label_names`, `problem_type` and `label_thresholds`, as an `LtcConfig`)."""
+    top_k, thresholds = decision_rule(config, top_k, threshold)
+    names = config.label_names
+    for probas in runs:
         yield [select_labels(row, names, top_k, thresholds) for row in probas]
 
 

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
-from ltc_fast import tokenize_texts
+from ltc_fast import prediction, tokenize_texts
 from ltc_fast.app import cli
 from ltc_fast.app.evaluation import multilabel_metrics
 from ltc_fast.prediction import predict_probas
@@ -286,7 +286,7 @@ def test_usage_errors_exit_with_2(work, tmp_path, capsys):
 def test_every_subcommand_documents_every_option(capsys):
     parser = cli.build_parser()
     subcommands = next(a for a in parser._actions if a.dest == "command").choices
-    assert set(subcommands) == {"train", "eval", "predict", "convert", "bench", "info"}
+    assert set(subcommands) == {"train", "eval", "predict", "convert", "export", "bench", "info"}
     for name, subparser in subcommands.items():
         for action in subparser._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
@@ -304,7 +304,7 @@ def test_the_installed_entry_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "ltc_fast", "--help"], capture_output=True, text=True, env=env,
                             cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert all(command in result.stdout for command in ("train", "eval", "predict", "convert", "bench"))
+    assert all(command in result.stdout for command in ("train", "eval", "predict", "convert", "export", "bench"))
 
 
 def test_bench_runs_pytest_on_the_bench_folder(tmp_path, capsys):
@@ -332,3 +332,19 @@ def test_training_on_from_a_checkpoint_keeps_its_labels(work, tmp_path, kind):
     assert run("train", "--model", source, "--train", data, "--dev", data, "--max-steps", 1, "--batch-size", 2,
                "--out", out) == 0
     assert Model.from_pretrained(out).config.label_names == LABELS
+
+
+def test_the_trained_directory_works_in_a_pipeline_with_truncation(work):
+    """`ltc-fast train` saves the tokenizer with the text budget (max_length minus the labels and specials'
+    room) as its limit, so pipeline(..., truncation=True) cuts a long text as `predict` does."""
+    from transformers import pipeline
+
+    model = Model.from_pretrained(work["model"])
+    budget = 32 - len(LABELS)
+    assert prediction.saved_tokenizer(str(work["model"])).model_max_length == budget
+    long_text = "happy day " * 40
+    classifier = pipeline("text-classification", model=str(work["model"]))
+    got = classifier(long_text, truncation=True, top_k=None)
+    want = model.predict([long_text], top_k=len(LABELS), max_length=32)[0]
+    assert [r["label"] for r in got] == [r["label"] for r in want]
+    assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], rel=1e-5)

@@ -43,6 +43,41 @@ def test_large_label_example_runs(tmp_path, monkeypatch):
     torch.testing.assert_close(namespace["some"], namespace["every"][:, [3, 17, 42]], rtol=1e-5, atol=1e-6)
 
 
+def test_transformers_entry_points_example_runs(tmp_path, monkeypatch):
+    """docs/transformers.md's example continues the README's: the pipeline's scores are model.predict's."""
+    page = ROOT / "docs" / "transformers.md"
+    (example,) = _python_blocks(page)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_python_blocks(README)[0], str(README), "exec"), namespace)
+    exec(compile(example, str(page), "exec"), namespace)
+    texts = ["what a day!", "so annoying"]
+    expected = namespace["model"].predict(texts, tokenizer=namespace["tokenizer"], top_k=3)
+    for got, want in zip(namespace["scores"], expected):
+        assert [r["label"] for r in got] == [r["label"] for r in want]
+        assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], rel=1e-5)
+
+
+def test_deployment_example_runs(tmp_path, monkeypatch):
+    """docs/deployment.md's example continues the README's: ONNX export, then prediction through onnxruntime."""
+    pytest.importorskip("onnxruntime", reason='pip install "ltc_fast[onnx]"')
+    pytest.importorskip("onnxscript", reason='pip install "ltc_fast[onnx]"')
+    page = ROOT / "docs" / "deployment.md"
+    (example,) = _python_blocks(page)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_python_blocks(README)[0], str(README), "exec"), namespace)
+    exec(compile(example, str(page), "exec"), namespace)
+    assert (tmp_path / "my-model" / "model.onnx").exists()
+    assert namespace["exported"].max_abs_logit_diff <= 1e-4
+    texts = ["what a day!", "so annoying"]
+    got = namespace["onnx_model"].predict(texts, top_k=2)
+    expected = namespace["model"].predict(texts, tokenizer=namespace["tokenizer"], top_k=2)
+    assert [[e["label"] for e in labels] for labels in got] == [[e["label"] for e in labels] for labels in expected]
+    assert [e["score"] for labels in got for e in labels] == pytest.approx(
+        [e["score"] for labels in expected for e in labels], abs=1e-5)
+
+
 def test_every_python_example_compiles():
     """The examples that need torchrun (docs/scaling-out.md) are not run here; none may rot into bad syntax."""
     blocks = [(page, block) for page in PAGES for block in _python_blocks(page)]
@@ -69,7 +104,8 @@ def test_readme_command_lines_parse():
     from ltc_fast.app.cli import build_parser
 
     commands = [command for page in PAGES for command in _command_lines(page.read_text())]
-    assert {shlex.split(c)[1] for c in commands} == {"train", "eval", "predict", "convert", "bench", "info"}
+    assert {shlex.split(c)[1] for c in commands} == {"train", "eval", "predict", "convert", "export", "bench",
+                                                     "info"}
     parser = build_parser()
     for command in commands:
         args, extra = parser.parse_known_args(shlex.split(command)[1:])

@@ -1,7 +1,7 @@
-"""The `ltc-fast` command: train, eval, predict, convert, bench.
+"""The `ltc-fast` command: train, eval, predict, convert, export, bench, info.
 
 Argument parsing and printing only; the work is done by `finetune`, `evaluation`, `prediction`,
-`datafiles`, `reference` and `benchmarks`. Exit codes: 0 success, 2 bad usage or bad input (a message
+`datafiles`, `reference`, `onnx_export` and `benchmarks`. Exit codes: 0 success, 2 bad usage or bad input (a message
 `ltc-fast <command>: error: ...`, no traceback), 1 other failures.
 """
 
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROG, formatter_class=_Formatter,
-        description="Label-token text classification (ltc_fast): train, evaluate, predict, convert, benchmark.",
+        description="Label-token text classification (ltc_fast): train, evaluate, predict, convert, export, "
+                    "benchmark.",
         epilog=f"`{PROG} <command> --help` documents each command.")
     commands = parser.add_subparsers(dest="command", metavar="<command>")
 
@@ -193,6 +194,26 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, metavar="DIR", help="where the converted checkpoint is saved")
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     convert.set_defaults(handler=_convert)
+
+    export = commands.add_parser(
+        "export", formatter_class=_Formatter, help="export a trained model for deployment (ONNX)",
+        description=_describe("Writes the model's inference graph to one ONNX file: inputs input_ids and attention_mask "
+                    "(int64 [batch, sequence], plain tokenized text, both axes dynamic), outputs logits and probas "
+                    "([batch, num_labels]); the label names, problem type and per-label thresholds go into the "
+                    "file's metadata. The graph runs PyTorch's own ops (no Triton kernel or C++ extension) and is "
+                    "checked in onnxruntime against the model before it is written. Reference checkpoints export "
+                    "as the ltc_fast model they load into (same logits). Predict with "
+                    "ltc_fast.onnx_prediction.OnnxClassifier(FILE, tokenizer=DIR); see docs/deployment.md. Needs "
+                    'pip install "ltc_fast[onnx]".'))
+    export.add_argument("--format", default="onnx", choices=["onnx"], help="the export format")
+    export.add_argument("--model", required=True, metavar="DIR", help="an ltc_fast or reference checkpoint")
+    export.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    export.add_argument("--opset", type=int, default=None, metavar="N",
+                        help="ONNX opset (17 up to the onnx package's newest; default: the exporter's)")
+    export.add_argument("--no-check", action="store_true",
+                        help="skip comparing onnxruntime's logits with PyTorch's before writing")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    export.set_defaults(handler=_export)
 
     bench = commands.add_parser(
         "bench", formatter_class=_Formatter, help="run the benchmark suite (source checkout only)",
@@ -389,6 +410,24 @@ def _convert(args) -> int:
         tokenizer.save_pretrained(staging)
         AutoModelForTokenSequenceClassification.from_pretrained(staging)  # it loads back, before it is published
     print(f"converted {source} to {'ltc_fast' if args.from_reference else 'the reference format'} in {args.out}")
+    return 0
+
+
+def _export(args) -> int:
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out!r} is a directory; give the path of the .onnx file to write")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise UsageError(f"--out {args.out!r} exists; pass --overwrite to replace it")
+    from ..onnx_export import export_onnx
+
+    try:
+        result = export_onnx(args.model, args.out, opset=args.opset, check=not args.no_check)
+    except ImportError as error:  # a missing extra is not bad usage: exit 1, with the install line
+        print(f"{PROG} export: error: {error}", file=sys.stderr)
+        return 1
+    checked = ("" if result.max_abs_logit_diff is None
+               else f"; onnxruntime matches PyTorch to {result.max_abs_logit_diff:.1e} in the logits")
+    print(f"exported {args.model} to {args.out} (ONNX opset {result.opset}{checked})")
     return 0
 
 

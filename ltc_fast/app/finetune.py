@@ -17,12 +17,7 @@ from ..config import MULTI_LABEL, LtcConfig, normalize_problem_type
 from ..layout import label_slots
 from ..modeling import AutoModelForTokenSequenceClassification
 from .datafiles import LabeledData
-from .evaluation import (
-    classification_metrics,
-    evaluate,
-    report_from_probas,
-    tuned_thresholds,
-)
+from .evaluation import classification_metrics, evaluate, report_from_probas, tuned_thresholds
 from .output import write_json
 from .provenance import provenance
 
