@@ -30,7 +30,9 @@ import json
 import math
 import multiprocessing
 import random
+import signal
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -318,7 +320,10 @@ def run_study(plan: Plan, tasks, model_path: str, workers: int, path: Path = RES
         _worker(plan, todo, model_path, path, torch.get_num_threads())
         return
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(plan, todo[i::workers], model_path, path, 1))
+    # Daemonic workers, and SIGTERM as an exit: stopping the study (kill PID) stops its workers too, rather
+    # than leaving them training (and appending records) in the background.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    processes = [context.Process(target=_worker, args=(plan, todo[i::workers], model_path, path, 1), daemon=True)
                  for i in range(workers)]
     for process in processes:
         process.start()
