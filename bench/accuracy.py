@@ -17,6 +17,7 @@ wall time, provenance) to the results file; a restarted study skips what is ther
 tables (mean ± std over seeds, paired differences against the [CLS] head), the learning curves and the bar
 chart from whatever the file holds.
 
+    python -m bench.accuracy --pilot --workers 2  # first: the convergence pilot that sets the study's schedule
     python -m bench.accuracy --study              # the CPU study (about 2 hours on 2 cores)
     python -m bench.accuracy --study --workers 2  # the same in two processes of one thread each
     python -m bench.accuracy --summary --docs     # tables + plots; rewrite the section of docs/accuracy.md
@@ -313,9 +314,11 @@ def _worker(plan: Plan, runs, model_path: str, path: Path, threads: int) -> None
             f.write(json.dumps(record) + "\n")
 
 
-def run_study(plan: Plan, tasks, model_path: str, workers: int, path: Path = RESULTS_FILE) -> None:
+def run_study(plan: Plan, tasks, model_path: str, workers: int, path: Path = RESULTS_FILE,
+              contenders=None) -> None:
+    """Train every planned run (or those of `contenders`) not yet recorded under this plan in `path`."""
     done = {(r["task"], r["contender"], r["seed"]) for r in read_records(path) if r["plan_id"] == plan.fingerprint()}
-    todo = [run for run in planned_runs(plan, tasks) if run not in done]
+    todo = [run for run in planned_runs(plan, tasks) if run not in done and (contenders is None or run[1] in contenders)]
     print(f"accuracy study {plan.fingerprint()}: {len(done)} runs recorded, {len(todo)} to go -> {path}", flush=True)
     if workers == 1:
         _worker(plan, todo, model_path, path, torch.get_num_threads())
@@ -490,6 +493,66 @@ def plot(summary: Summary, stem: Path) -> dict[str, Path]:
     return paths
 
 
+# ---------------------------------------------------------------------------------------------------- pilot
+PILOT_FILE = RESULTS_DIR / "accuracy-pilot.jsonl"
+# The schedules the pilot compares: (encoder and label-embedding lr, classifier-layer lr).
+PILOT_SCHEDULES = ((5e-5, 1e-2), (2e-4, 1e-2))
+PILOT_CONTENDERS = ("cls-head", "mean-pool", "ltc-random", "ltc-label_name")
+
+
+def pilot_plan(lr: float, head_lr: float) -> Plan:
+    """One seed, twice the study's steps, a dev point every 100 steps: where does each contender flatten?"""
+    return Plan(steps=600, curve_points=6, lr=lr, head_lr=head_lr, seeds=(0,))
+
+
+def run_pilot(model_path: str, workers: int, path: Path = PILOT_FILE) -> None:
+    for lr, head_lr in PILOT_SCHEDULES:
+        run_study(pilot_plan(lr, head_lr), ["multi"], model_path, workers, path, contenders=PILOT_CONTENDERS)
+
+
+def render_pilot(path: Path = PILOT_FILE) -> str:
+    """The pilot's dev curves (macro-F1 and ROC-AUC against steps, a line per schedule) and their table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_records(path)
+    if not records:
+        raise SystemExit(f"no pilot records in {path}; run `python -m bench.accuracy --pilot` first")
+    contenders = [c for c in CONTENDERS if any(r["contender"] == c for r in records)]
+    schedules = sorted({(r["plan"]["lr"], r["plan"]["head_lr"]) for r in records})
+    figure = path.with_name(path.stem + "-curves.png")
+    fig, axes = plt.subplots(2, len(contenders), figsize=(4 * len(contenders), 6.5), squeeze=False, sharey="row")
+    lines = ["| contender | lr (encoder / classifier) | " + " | ".join(
+        f"step {p['step']}" for p in records[0]["curve"]) + " | test macro-F1 | test ROC-AUC |",
+        "| --- | --- | " + " | ".join("---" for _ in records[0]["curve"]) + " | --- | --- |"]
+    for column, contender in enumerate(contenders):
+        for lr, head_lr in schedules:
+            for record in (r for r in records if r["contender"] == contender
+                           and (r["plan"]["lr"], r["plan"]["head_lr"]) == (lr, head_lr)):
+                steps = [p["step"] for p in record["curve"]]
+                for row, metric in enumerate(("macro_f1", "roc_auc")):
+                    axes[row][column].plot(steps, [p[metric] for p in record["curve"]], marker="o", ms=3,
+                                           label=f"lr {lr:g} / {head_lr:g}")
+                lines.append(f"| {contender} | {lr:g} / {head_lr:g} | " + " | ".join(
+                    f"{p['macro_f1']:.3f} ({p['roc_auc']:.2f})" for p in record["curve"])
+                    + f" | {record['test']['macro_f1']:.3f} | {record['test']['roc_auc']:.3f} |")
+        axes[0][column].set(title=contender, ylabel="dev macro-F1 (0.5)")
+        axes[1][column].set(xlabel="training step", ylabel="dev ROC-AUC")
+        for row in (0, 1):
+            axes[row][column].grid(alpha=0.3)
+        axes[0][column].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+    page = DOCS / "accuracy.md"
+    lines += ["", "Cells: dev macro-F1 at threshold 0.5 (dev ROC-AUC). " + (
+        f"{records[0]['provenance']['device']}; `python -m bench.accuracy --pilot`, records in "
+        f"[{path.name}]({link_from(page, path)})."), "", f"![pilot curves]({link_from(page, figure)})"]
+    return "\n".join(lines)
+
+
 def render_summary(docs: bool, path: Path = RESULTS_FILE) -> str:
     summary = summarize(read_records(path))
     page = DOCS / "accuracy.md"
@@ -504,6 +567,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", action="store_true", help="run (or resume) the study")
     parser.add_argument("--summary", action="store_true", help="tables and plots from the recorded runs")
+    parser.add_argument("--pilot", action="store_true",
+                        help="the convergence pilot (one seed, 600 steps, two schedules), then its table and plot")
     parser.add_argument("--docs", action="store_true", help="with --summary: rewrite docs/accuracy.md's section")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
     parser.add_argument("--workers", type=int, default=1, help="processes of one torch thread each (CPU)")
@@ -513,8 +578,14 @@ def main(argv=None) -> None:
     parser.add_argument("--train-size", type=int, default=Plan.train_size)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(Plan.seeds))
     args = parser.parse_args(argv)
-    if not (args.study or args.summary):
-        parser.error("say --study, --summary or both")
+    if not (args.study or args.summary or args.pilot):
+        parser.error("say --pilot, --study, --summary (or --study --summary)")
+    if args.pilot:
+        run_pilot(args.model or bundled_minilm_path(), args.workers)
+        text = render_pilot()
+        print(text)
+        if args.docs:
+            replace_section("accuracy-pilot", text, DOCS / "accuracy.md")
     if args.study:
         plan = Plan(steps=args.steps, train_size=args.train_size, seeds=tuple(args.seeds))
         if args.full:
