@@ -298,13 +298,12 @@ def load_task_data(plan: Plan, task: str) -> dict:
             "splits": {split: task_split(task, split, size, plan.data_seed) for split, size in sizes.items()}}
 
 
-def _worker(plan: Plan, runs, model_path: str, path: Path, threads: int) -> None:
+def _worker(plan: Plan, runs, model_path: str, path: Path, threads: int, meta: dict) -> None:
     torch.set_num_threads(threads)
     hf_logging.set_verbosity_error()
     data = {}
     for task, contender, seed in runs:
         data.setdefault(task, load_task_data(plan, task))
-        meta = provenance()
         start = time.perf_counter()
         result = train_run(plan, task, contender, seed, model_path, data[task])
         record = {"plan": asdict(plan), "plan_id": plan.fingerprint(), "task": task, "contender": contender,
@@ -320,14 +319,16 @@ def run_study(plan: Plan, tasks, model_path: str, workers: int, path: Path = RES
     done = {(r["task"], r["contender"], r["seed"]) for r in read_records(path) if r["plan_id"] == plan.fingerprint()}
     todo = [run for run in planned_runs(plan, tasks) if run not in done and (contenders is None or run[1] in contenders)]
     print(f"accuracy study {plan.fingerprint()}: {len(done)} runs recorded, {len(todo)} to go -> {path}", flush=True)
+    meta = provenance()  # once, at the start: the commit whose code the workers load, whatever HEAD does later
     if workers == 1:
-        _worker(plan, todo, model_path, path, torch.get_num_threads())
+        _worker(plan, todo, model_path, path, torch.get_num_threads(), meta)
         return
     context = multiprocessing.get_context("spawn")
     # Daemonic workers, and SIGTERM as an exit: stopping the study (kill PID) stops its workers too, rather
     # than leaving them training (and appending records) in the background.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    processes = [context.Process(target=_worker, args=(plan, todo[i::workers], model_path, path, 1), daemon=True)
+    processes = [context.Process(target=_worker, args=(plan, todo[i::workers], model_path, path, 1, meta),
+                                 daemon=True)
                  for i in range(workers)]
     for process in processes:
         process.start()
