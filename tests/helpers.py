@@ -346,3 +346,31 @@ def save_tiny_encoder(directory, arch: str = "bert"):
     AutoModel.from_config(encoder_config(arch)).save_pretrained(directory)
     make_tiny_tokenizer().save_pretrained(directory)
     return str(directory)
+
+
+def trainer_args(output_dir, **overrides):
+    """`TrainingArguments` for the tests' tiny Trainer runs: CPU, seed 0, no saving, a log every step."""
+    from transformers import TrainingArguments
+
+    base = dict(output_dir=str(output_dir), report_to=[], save_strategy="no", use_cpu=True, seed=0,
+                disable_tqdm=True, logging_steps=1, remove_unused_columns=False)
+    return TrainingArguments(**{**base, **overrides})
+
+
+def accumulated_and_big_batch_steps(initial, examples, collator, tmp_path, update_of) -> list[tuple]:
+    """One optimiser step of copies of `initial` on 3 examples, two ways: micro-batches of 2 and 1 with
+    gradient_accumulation_steps=2, then one batch of 3 (plain SGD, lr 1, no clipping, so the update is the
+    gradient). Returns `[(logged loss, update_of(initial, trained)), ...]`, the accumulated run first."""
+    from transformers import Trainer
+
+    results = []
+    for batch_size, accumulation in ((2, 2), (3, 1)):
+        model = copy.deepcopy(initial)
+        args = trainer_args(tmp_path / f"b{batch_size}", max_steps=1, per_device_train_batch_size=batch_size,
+                            gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=1.0,
+                            lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0)
+        trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator)
+        trainer.train()
+        loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
+        results.append((loss, update_of(initial, model)))
+    return results

@@ -2,16 +2,16 @@
 (modules_to_save); save, reload and merge keep the logits; Trainer, gradient accumulation and the large-label
 modes; adapters the ops would skip are refused."""
 
-import copy
 
 import pytest
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
 from ltc_fast import LabelTokenCollator, LtcConfig
 from ltc_fast.peft_support import lora_config
-from tests.helpers import ARCHITECTURES, encoder_config, label_names, save_tiny_encoder
+from tests.helpers import (ARCHITECTURES, accumulated_and_big_batch_steps, encoder_config, label_names,
+                           save_tiny_encoder, trainer_args)
 
 peft = pytest.importorskip("peft")
 
@@ -52,12 +52,6 @@ def _examples(count, rate=0.4):
         ids[: on.numel()] = 10 + on
         examples.append({"input_ids": [2, *ids.tolist(), 3], "labels": on.tolist()})
     return examples
-
-
-def _args(tmp_path, **overrides):
-    base = {"output_dir": str(tmp_path), "report_to": [], "save_strategy": "no", "use_cpu": True, "seed": 0,
-            "disable_tqdm": True, "logging_steps": 1, "remove_unused_columns": False}
-    return TrainingArguments(**{**base, **overrides})
 
 
 def _trainable(peft_model) -> set[str]:
@@ -182,7 +176,7 @@ def test_trainer_trains_the_adapter(tmp_path, tiny_tokenizer):
             return peft_model(**collator(train)).loss.item()
 
     before = mean_loss()
-    args = _args(tmp_path, max_steps=15, per_device_train_batch_size=16, learning_rate=3e-2, warmup_steps=0)
+    args = trainer_args(tmp_path, max_steps=15, per_device_train_batch_size=16, learning_rate=3e-2, warmup_steps=0)
     trainer = Trainer(model=peft_model, args=args, train_dataset=train, data_collator=collator)
     assert trainer.model_accepts_loss_kwargs and trainer.label_names == ["labels"]
     trainer.train()
@@ -199,17 +193,10 @@ def test_gradient_accumulation_equals_one_big_batch(options, tmp_path, tiny_toke
     initial = _lora(_model(**options))
     start = {name: p.detach().clone() for name, p in initial.named_parameters() if p.requires_grad}
     collator = LabelTokenCollator(tiny_tokenizer, NUM_LABELS, MULTI)
-    results = []
-    for batch_size, accumulation in ((2, 2), (3, 1)):
-        peft_model = copy.deepcopy(initial)
-        args = _args(tmp_path / f"b{batch_size}", max_steps=1, per_device_train_batch_size=batch_size,
-                     gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=1.0,
-                     lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0)
-        trainer = Trainer(model=peft_model, args=args, train_dataset=examples, data_collator=collator)
-        trainer.train()
-        loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
-        results.append((loss, {name: p.detach() - start[name] for name, p in peft_model.named_parameters()
-                               if p.requires_grad}))
+    results = accumulated_and_big_batch_steps(
+        initial, examples, collator, tmp_path,
+        lambda _, trained: {name: p.detach() - start[name] for name, p in trained.named_parameters()
+                            if p.requires_grad})
 
     (accumulated_loss, accumulated_step), (big_loss, big_step) = results
     assert accumulated_loss == pytest.approx(big_loss, rel=1e-5)
@@ -231,7 +218,7 @@ def test_sampled_negatives_train_the_scored_label_rows(tmp_path, tiny_tokenizer)
     table = peft_model.get_base_model().label_embeddings.modules_to_save["default"].weight
     assert table.grad.abs().sum(1).nonzero().flatten().tolist() == sorted(out.label_ids.tolist())
 
-    args = _args(tmp_path, max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2)
+    args = trainer_args(tmp_path, max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2)
     Trainer(model=peft_model, args=args, train_dataset=_examples(8),
             data_collator=LabelTokenCollator(tiny_tokenizer, NUM_LABELS, MULTI)).train()
 

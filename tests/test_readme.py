@@ -28,15 +28,22 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "my-model" / "model.safetensors").exists()
 
 
-def test_large_label_example_runs(tmp_path, monkeypatch):
-    """docs/large-label-sets.md's example continues the README's in the same namespace."""
-    page = ROOT / "docs" / "large-label-sets.md"
+def _run_after_readme(page: Path, tmp_path, monkeypatch) -> dict:
+    """Run the README's first example, then `page`'s only one, in one namespace (in `tmp_path`: they save
+    "my-model" in the working directory); return the namespace."""
     (example,) = _python_blocks(page)
-    assert "label_attention=\"decoupled\"" in example
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(_python_blocks(README)[0], str(README), "exec"), namespace)
     exec(compile(example, str(page), "exec"), namespace)
+    return namespace
+
+
+def test_large_label_example_runs(tmp_path, monkeypatch):
+    """docs/large-label-sets.md's example continues the README's in the same namespace."""
+    page = ROOT / "docs" / "large-label-sets.md"
+    assert "label_attention=\"decoupled\"" in _python_blocks(page)[0]
+    namespace = _run_after_readme(page, tmp_path, monkeypatch)
     torch = namespace["torch"]
     assert namespace["out"].label_ids.numel() == 66 and {7, 1999} <= set(namespace["out"].label_ids.tolist())
     assert namespace["every"].shape == (2, 2000)
@@ -47,12 +54,7 @@ def test_peft_example_runs(tmp_path, monkeypatch):
     """docs/peft.md's example continues the README's: LoRA + the label table and the head trained, saved,
     reloaded and merged; the merged model gives the trained adapter's logits."""
     pytest.importorskip("peft", reason='pip install "ltc_fast[peft]"')
-    page = ROOT / "docs" / "peft.md"
-    (example,) = _python_blocks(page)
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(_python_blocks(README)[0], str(README), "exec"), namespace)
-    exec(compile(example, str(page), "exec"), namespace)
+    namespace = _run_after_readme(ROOT / "docs" / "peft.md", tmp_path, monkeypatch)
     torch, peft_model, merged, batch = (namespace[name] for name in ("torch", "peft_model", "merged", "batch"))
     trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name or "modules_to_save" in name for name in trainable)
@@ -65,12 +67,7 @@ def test_peft_example_runs(tmp_path, monkeypatch):
 
 def test_transformers_entry_points_example_runs(tmp_path, monkeypatch):
     """docs/transformers.md's example continues the README's: the pipeline's scores are model.predict's."""
-    page = ROOT / "docs" / "transformers.md"
-    (example,) = _python_blocks(page)
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(_python_blocks(README)[0], str(README), "exec"), namespace)
-    exec(compile(example, str(page), "exec"), namespace)
+    namespace = _run_after_readme(ROOT / "docs" / "transformers.md", tmp_path, monkeypatch)
     texts = ["what a day!", "so annoying"]
     expected = namespace["model"].predict(texts, tokenizer=namespace["tokenizer"], top_k=3)
     for got, want in zip(namespace["scores"], expected):
@@ -82,12 +79,7 @@ def test_deployment_example_runs(tmp_path, monkeypatch):
     """docs/deployment.md's example continues the README's: ONNX export, then prediction through onnxruntime."""
     pytest.importorskip("onnxruntime", reason='pip install "ltc_fast[onnx]"')
     pytest.importorskip("onnxscript", reason='pip install "ltc_fast[onnx]"')
-    page = ROOT / "docs" / "deployment.md"
-    (example,) = _python_blocks(page)
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(_python_blocks(README)[0], str(README), "exec"), namespace)
-    exec(compile(example, str(page), "exec"), namespace)
+    namespace = _run_after_readme(ROOT / "docs" / "deployment.md", tmp_path, monkeypatch)
     assert (tmp_path / "my-model" / "model.onnx").exists()
     assert namespace["exported"].max_abs_logit_diff <= 1e-4
     texts = ["what a day!", "so annoying"]

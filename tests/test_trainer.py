@@ -1,15 +1,14 @@
 """Training with transformers.Trainer: it learns, and gradient accumulation equals one big batch."""
 
-import copy
 
 import pytest
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
 from ltc_fast import LtcConfig
 from ltc_fast import LabelTokenCollator
-from tests.helpers import encoder_config
+from tests.helpers import accumulated_and_big_batch_steps, encoder_config, trainer_args
 
 NUM_LABELS = 4
 
@@ -37,12 +36,6 @@ def _model(problem_type, dropout=0.1):
                            label_head_dropout=dropout))
 
 
-def _args(tmp_path, **overrides):
-    base = dict(output_dir=str(tmp_path), report_to=[], save_strategy="no", use_cpu=True, seed=0,
-                disable_tqdm=True, logging_steps=1, remove_unused_columns=False)
-    return TrainingArguments(**{**base, **overrides})
-
-
 def _mean_loss(model, collator, examples):
     model.eval()
     with torch.no_grad():
@@ -55,7 +48,7 @@ def test_trainer_learns(problem_type, tmp_path, tiny_tokenizer):
     collator = LabelTokenCollator(tiny_tokenizer, NUM_LABELS, problem_type)
     train = _examples(64, problem_type)
     before = _mean_loss(model, collator, train)
-    args = _args(tmp_path, max_steps=150, per_device_train_batch_size=16, learning_rate=3e-3, warmup_steps=0)
+    args = trainer_args(tmp_path, max_steps=150, per_device_train_batch_size=16, learning_rate=3e-3, warmup_steps=0)
     Trainer(model=model, args=args, train_dataset=train, data_collator=collator).train()
     after = _mean_loss(model, collator, train)
     assert after < 0.8 * before, (before, after)
@@ -75,16 +68,9 @@ def test_gradient_accumulation_equals_one_big_batch(problem_type, labels_as, tmp
                     for ex in examples]
     initial = _model(problem_type, dropout=0.0)
     collator = LabelTokenCollator(tiny_tokenizer, NUM_LABELS, problem_type)
-    results = []
-    for batch_size, accumulation in ((2, 2), (3, 1)):
-        model = copy.deepcopy(initial)
-        args = _args(tmp_path / f"b{batch_size}", max_steps=1, per_device_train_batch_size=batch_size,
-                     gradient_accumulation_steps=accumulation, optim="sgd", learning_rate=1.0,
-                     lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0)
-        trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=collator)
-        trainer.train()
-        loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
-        results.append((loss, {k: v - initial.state_dict()[k] for k, v in model.state_dict().items()}))
+    results = accumulated_and_big_batch_steps(
+        initial, examples, collator, tmp_path,
+        lambda before, after: {k: v - before.state_dict()[k] for k, v in after.state_dict().items()})
 
     (accumulated_loss, accumulated_step), (big_loss, big_step) = results
     assert big_loss == pytest.approx(_mean_loss(initial, collator, examples), rel=1e-5), "the plain mean loss"
@@ -108,7 +94,7 @@ def test_evaluate_reports_loss_and_calls_compute_metrics(tmp_path, tiny_tokenize
         seen.append(prediction)
         return {"rows": len(prediction.label_ids)}
 
-    trainer = Trainer(model=model, args=_args(tmp_path, per_device_eval_batch_size=2), eval_dataset=dev,
+    trainer = Trainer(model=model, args=trainer_args(tmp_path, per_device_eval_batch_size=2), eval_dataset=dev,
                       data_collator=collator, compute_metrics=compute_metrics)
     assert trainer.label_names == ["labels"]
     metrics = trainer.evaluate()
