@@ -18,7 +18,7 @@ tables (mean ± std over seeds, paired differences against the [CLS] head), the 
 chart from whatever the file holds.
 
     python -m bench.accuracy --pilot --workers 2  # first: the convergence pilot that sets the study's schedule
-    python -m bench.accuracy --study              # the CPU study (about 2 hours on 2 cores)
+    python -m bench.accuracy --study              # the study (hours on 2 CPU cores; minutes on a GPU)
     python -m bench.accuracy --study --workers 2  # the same in two processes of one thread each
     python -m bench.accuracy --summary --docs     # tables + plots; rewrite the section of docs/accuracy.md
 """
