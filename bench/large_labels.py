@@ -30,7 +30,7 @@ from ltc_fast.app.provenance import provenance
 from .contenders import BASELINE, DECOUPLED, build_model, make_batch
 from .measure import PeakMemory, synchronize
 from .report import DOCS, RESULTS_DIR, link_from, replace_section
-from .workloads import roberta_base_config, tiny_roberta_config
+from .workloads import modernbert_base_config, roberta_base_config, tiny_modernbert_config, tiny_roberta_config
 
 MODES = {
     "reference": None,
@@ -45,7 +45,8 @@ def minilm_config() -> BertConfig:
                       intermediate_size=1536, max_position_embeddings=512, pad_token_id=0)
 
 
-ENCODERS = {"minilm": minilm_config, "roberta-base": roberta_base_config, "tiny": tiny_roberta_config}
+ENCODERS = {"minilm": minilm_config, "roberta-base": roberta_base_config, "tiny": tiny_roberta_config,
+            "modernbert-base": modernbert_base_config, "tiny-modernbert": tiny_modernbert_config}
 
 
 def build(mode: str, encoder_config, num_labels: int, chunk: int, sampled: int):
@@ -164,7 +165,7 @@ def plot(results: dict, path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoder", choices=sorted(ENCODERS), default="minilm",
-                        help="tiny: a smoke test")
+                        help="tiny, tiny-modernbert: smoke tests")
     parser.add_argument("--labels", type=int, nargs="+", default=[28, 256, 1024, 4096, 16384])
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=2)

@@ -62,6 +62,17 @@ def test_interleaved_ab_times_both_contenders():
         assert set(parts) == {"forward_s", "backward_s", "optimizer_s"} and all(v > 0 for v in parts.values())
 
 
+def test_large_label_sweep_runs_on_modernbert(tmp_path):
+    """Rotary positions and local windows: ModernBERT's 8,192 positions hold 600 labels, even for the reference."""
+    from bench import large_labels
+
+    out = tmp_path / "sweep.json"
+    large_labels.main(["--encoder", "tiny-modernbert", "--labels", "3", "600", "--text-tokens", "8", "--chunk", "256",
+                       "--sampled", "4", "--rounds", "1", "--out", str(out)])
+    measured = {(r["num_labels"], r["mode"], r["train"]) for r in json.loads(out.read_text())["records"]}
+    assert {(600, "reference", False), (600, "ltc_fast shared", True), (600, "ltc_fast decoupled", True)} <= measured
+
+
 def test_large_label_sweep_runs_and_renders(tmp_path):
     from bench import large_labels
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import RobertaConfig
+from transformers import ModernBertConfig, RobertaConfig
 
 LENGTHS_FILE = Path(__file__).with_name("goemotions_lengths.json")
 
@@ -71,6 +71,23 @@ def tiny_roberta_config() -> RobertaConfig:
     return RobertaConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=37, max_position_embeddings=514, type_vocab_size=1,
                          pad_token_id=1, bos_token_id=0, eos_token_id=2)
+
+
+def modernbert_base_config() -> ModernBertConfig:
+    """The shape of answerdotai/ModernBERT-base: 22 layers, rotary positions, global attention every third layer
+    and a 128-token local window in the others, 8,192 positions."""
+    return ModernBertConfig(vocab_size=50368, hidden_size=768, num_hidden_layers=22, num_attention_heads=12,
+                            intermediate_size=1152, max_position_embeddings=8192, global_attn_every_n_layers=3,
+                            local_attention=128, pad_token_id=50283, cls_token_id=50281, sep_token_id=50282,
+                            bos_token_id=50281, eos_token_id=50282)
+
+
+def tiny_modernbert_config() -> ModernBertConfig:
+    """A smoke-test ModernBERT: one global and one local layer (a window of 4 positions either side)."""
+    return ModernBertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=37, max_position_embeddings=8192, global_attn_every_n_layers=2,
+                            local_attention=8, pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2,
+                            eos_token_id=3)
 
 
 def _regenerate_lengths() -> None:

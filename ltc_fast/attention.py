@@ -15,6 +15,10 @@ kernel is ours, selected per call by what the model passes through the encoder's
   run as their own sequence, each label query attending the cached text keys plus its own key, one
   softmax over both (the self term joins the text's log-sum-exp). Cost `N * T`, and a label's output does
   not depend on which other labels are in the pass.
+
+Local attention layers (ModernBERT's, which transformers calls with `sliding_window`) attend within a window of
+position ids, `|p_query - p_key| <= window` (see `ltc_fast.encoders`): padded batches carry it in their masks
+(`position_window_masks`), packed ones and label passes apply it here from the position ids they hold.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class PackedSequences:
     cu_seqlens: torch.Tensor
     max_seqlen: int
     host_offsets: list[int]
+    position_ids: torch.Tensor | None = None  # [total]: what local (sliding-window) layers measure distance in
 
 
 class DecoupledText:
@@ -56,12 +61,16 @@ class DecoupledText:
         self.attending = False  # which phase the attention function serves (set by record / attend only)
         self.keys: dict = {}
         self.values: dict = {}
+        # Position ids of the text `[B, T]` and of the labels being attended `[B, n]`: local layers' windows.
+        self.text_positions: torch.Tensor | None = None
+        self.label_positions: torch.Tensor | None = None
 
     def record(self, encoder, **text_inputs):
         """The text pass: the encoder's output over the text, its keys and values kept per layer."""
         if self.keys:
             raise RuntimeError("DecoupledText.record: the text was recorded already")
         self.attending = False
+        self.text_positions = text_inputs.get("position_ids")
         return encoder(**text_inputs, return_dict=True, ltc_decoupled=self)
 
     def attend(self, encoder, **label_inputs):
@@ -69,6 +78,7 @@ class DecoupledText:
         if not self.keys:
             raise RuntimeError("DecoupledText.attend: record the text first")
         self.attending = True
+        self.label_positions = label_inputs.get("position_ids")
         return encoder(**label_inputs, return_dict=True, ltc_decoupled=self)
 
 
@@ -104,12 +114,15 @@ def ltc_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     """`query`/`key`/`value`: `[batch, heads, seq, head_dim]`. Returns `([batch, seq, heads, head_dim], None)`."""
     packed = kwargs.pop("ltc_packed", None)
     decoupled = kwargs.pop("ltc_decoupled", None)
+    # transformers passes flash-attn's exclusive bound (ModernBERT: its config's sliding_window + 1)
+    window = kwargs.pop("sliding_window", None)
+    window = None if window is None else window - 1
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     if decoupled is not None and decoupled.attending:
-        return _labels_attend_text(module, query, key, value, decoupled, dropout, scaling), None
+        return _labels_attend_text(module, query, key, value, decoupled, dropout, scaling, window), None
     if packed is not None:
-        output = _varlen_attention(query, key, value, packed, dropout, scaling)
+        output = _varlen_attention(query, key, value, packed, dropout, scaling, window)
     else:
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                            scaling=scaling, **kwargs)
@@ -134,9 +147,11 @@ def _pad_head_size(t: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(t, (0, missing)) if missing else t
 
 
-def _varlen_attention(query, key, value, packed: PackedSequences, dropout, scaling):
+def _varlen_attention(query, key, value, packed: PackedSequences, dropout, scaling, window=None):
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [total, heads, head_dim]
     cu, max_len, head_size = packed.cu_seqlens, packed.max_seqlen, q.shape[-1]
+    if window is not None:  # a local layer: windows in position ids, which the fused kernels do not take
+        return _windowed_sequence_loop(query, key, value, packed, dropout, scaling, window)
     if fused_varlen_runs(q.device, q.dtype, dropout, head_size):
         flash = flash_attn_varlen()
         if flash is not None:
@@ -158,6 +173,35 @@ def _varlen_attention(query, key, value, packed: PackedSequences, dropout, scali
     return torch.cat(pieces, dim=2).transpose(1, 2)
 
 
+def _windowed_sequence_loop(query, key, value, packed: PackedSequences, dropout, scaling, window: int):
+    """The per-sequence loop with each sequence's local window `|p_query - p_key| <= window` as its mask."""
+    if packed.position_ids is None:
+        raise ValueError("a local attention layer ran on packed sequences without their position ids "
+                         "(PackedSequences.position_ids)")
+    bounds, positions = packed.host_offsets, packed.position_ids
+    pieces = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        near = (positions[a:b, None] - positions[None, a:b]).abs() <= window  # [S, S]; the diagonal always holds
+        pieces.append(F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
+                                                     attn_mask=near, dropout_p=dropout, scale=scaling))
+    return torch.cat(pieces, dim=2).transpose(1, 2)
+
+
+def position_window_masks(attention_mask: torch.Tensor | None, position_ids: torch.Tensor, window: int) -> dict:
+    """The masks of a padded batch for an encoder with local layers (the mapping ModernBERT takes as its
+    `attention_mask`): `full_attention` keeps the real keys, `sliding_attention` also only the keys within
+    `window` position ids of the query. bool `[B, 1, S, S]` (True: attend). A padding query with no key in reach
+    gets every key, as transformers' SDPA masks do: its output is never read, and an empty row would be NaN."""
+    batch, seq_len = position_ids.shape
+    keys = (torch.ones(batch, seq_len, dtype=torch.bool, device=position_ids.device) if attention_mask is None
+            else attention_mask.bool())
+    full = keys[:, None, None, :].expand(batch, 1, seq_len, seq_len)
+    near = (position_ids[:, :, None] - position_ids[:, None, :]).abs() <= window  # [B, S, S]
+    sliding = near[:, None] & full
+    sliding = sliding | ~sliding.any(dim=-1, keepdim=True)
+    return {"full_attention": full, "sliding_attention": sliding}
+
+
 def nested_sdpa(query, key, value, packed: PackedSequences, dropout, scaling):
     """Packed attention with dropout as SDPA over nested jagged tensors (one call for the whole batch, no
     per-sequence loop): on CUDA PyTorch runs its flash / memory-efficient varlen kernels, which take dropout
@@ -175,11 +219,19 @@ def nested_sdpa(query, key, value, packed: PackedSequences, dropout, scaling):
     return output.transpose(1, 2).values().unsqueeze(0)
 
 
-def _labels_attend_text(module, query, key, value, text: DecoupledText, dropout, scaling):
-    """Label queries `[B, heads, n, d]` over the layer's cached text keys `[B, heads, T, d]` and their own key."""
+def _labels_attend_text(module, query, key, value, text: DecoupledText, dropout, scaling, window=None):
+    """Label queries `[B, heads, n, d]` over the layer's cached text keys `[B, heads, T, d]` and their own key;
+    in a local layer only the text within `window` position ids of the label (its own key is at distance 0)."""
     text_keys, text_values = text.keys[module], text.values[module]
     scores = torch.matmul(query, text_keys.transpose(-1, -2)) * scaling  # [B, heads, n, T]
-    scores = scores.masked_fill(~text.key_padding[:, None, None, :], torch.finfo(scores.dtype).min)
+    visible = text.key_padding[:, None, None, :]
+    if window is not None:
+        if text.text_positions is None or text.label_positions is None:
+            raise ValueError("a local attention layer ran a label pass without the text's and the labels' "
+                             "position ids")
+        near = (text.label_positions[:, :, None] - text.text_positions[:, None, :]).abs() <= window  # [B, n, T]
+        visible = visible & near[:, None]
+    scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
     self_score = (query * key).sum(-1, keepdim=True) * scaling  # [B, heads, n, 1]
     weights = torch.softmax(torch.cat([scores, self_score], dim=-1), dim=-1, dtype=torch.float32).to(query.dtype)
     if dropout > 0.0:

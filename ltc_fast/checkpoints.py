@@ -14,7 +14,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-WORD_EMBEDDINGS_SUFFIX = "embeddings.word_embeddings.weight"
+from . import encoders
+
+# The word-embedding table's name in each supported architecture (ModernBERT calls it tok_embeddings).
+WORD_EMBEDDINGS_SUFFIXES = tuple(sorted({spec.word_embeddings_key for spec in encoders.SUPPORTED_ENCODERS.values()}))
 LABEL_EMBEDDINGS_KEY = "label_embeddings.weight"
 POOLER_PREFIX = "transformer.pooler."
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -22,11 +25,10 @@ _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def word_embeddings_key(state_dict) -> str:
-    keys = [k for k in state_dict if k.startswith("transformer.") and k.endswith(WORD_EMBEDDINGS_SUFFIX)]
+    keys = [k for k in state_dict if k.startswith("transformer.") and k.endswith(WORD_EMBEDDINGS_SUFFIXES)]
     if len(keys) != 1:
-        raise ValueError(
-            f"expected exactly one 'transformer.*{WORD_EMBEDDINGS_SUFFIX}' entry in the state dict, found {keys}"
-        )
+        raise ValueError(f"expected exactly one word-embedding entry ('transformer.*' ending in one of "
+                         f"{WORD_EMBEDDINGS_SUFFIXES}) in the state dict, found {keys}")
     return keys[0]
 
 

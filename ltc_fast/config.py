@@ -171,10 +171,11 @@ class LtcConfig(PretrainedConfig):
             raise ValueError(f"label_attention must be one of {LABEL_ATTENTIONS}, got {label_attention!r}")
         if encoder is not None and (label_positions, label_attention) != ("reference", "full"):
             spec = encoders.encoder_spec(encoder)
-            if not spec.absolute_positions:
+            if not spec.positions_from_ids:
                 raise ValueError(
                     f"label_positions={label_positions!r} / label_attention={label_attention!r} need an encoder with "
-                    f"absolute position embeddings and transformers' AttentionInterface ({', '.join(encoders.modes_supported())}); "
+                    f"positions from position ids (absolute or rotary) and transformers' AttentionInterface "
+                    f"({', '.join(encoders.modes_supported())}); "
                     f"{encoder.model_type!r} uses relative positions: use label_positions='reference', label_attention='full'"
                 )
         if sequence_packing not in SEQUENCE_PACKING:
@@ -232,7 +233,8 @@ class LtcConfig(PretrainedConfig):
 
 def _truncate_to_hidden_layer(encoder: PretrainedConfig, hidden_layer: int) -> int:
     """Keep only the encoder layers up to `hidden_layer` (an index into `hidden_states`, 0 = embeddings)
-    and return -1, the index of the new last layer. Layers above it would never be used."""
+    and return -1, the index of the new last layer. Layers above it would never be used. (A pre-norm encoder,
+    ModernBERT, then applies its final norm to layer `hidden_layer`, as it does to its last layer.)"""
     total = encoders.num_layers(encoder)
     if not isinstance(hidden_layer, int) or isinstance(hidden_layer, bool):
         raise ValueError(f"hidden_layer must be an int, got {hidden_layer!r}")

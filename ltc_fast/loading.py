@@ -14,8 +14,6 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from . import checkpoints, encoders
 from .config import EXECUTION_OPTIONS, LtcConfig, normalize_problem_type, resolve_label_names, with_encoder_labels
 
-_LAYER_INDEX = re.compile(r"^transformer\.(?:encoder|transformer)\.layer\.(\d+)\.")
-
 
 def check_trained_checkpoint(path: str) -> None:
     """A ValueError unless `path` holds a trained classifier: an ltc_fast or a reference checkpoint."""
@@ -123,7 +121,8 @@ def _from_reference_checkpoint(model_class, path, encoder_config, num_labels, la
     model = model_class(LtcConfig(encoder=encoder_config, label_names=names, **options))
     # Weights of encoder layers above `hidden_layer` are not part of the model; nothing else may be left.
     kept_layers = encoders.num_layers(model.config.encoder)
-    above = [k for k in state if (m := _LAYER_INDEX.search(k)) and int(m.group(1)) >= kept_layers]
+    layer_index = re.compile(rf"^transformer\.{re.escape(encoders.encoder_spec(encoder_config).layers_path)}\.(\d+)\.")
+    above = [k for k in state if (m := layer_index.search(k)) and int(m.group(1)) >= kept_layers]
     model.load_state_dict({k: v for k, v in state.items() if k not in above}, strict=True)
     return model
 

@@ -68,7 +68,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
     def _use_ltc_attention(self) -> None:
         """Run the encoder's attention through `ltc_fast.attention` (SDPA for padded batches, so the numbers
         of `attn_implementation="sdpa"`), which adds packed and decoupled execution. DeBERTa-v2 keeps its own."""
-        if encoders.encoder_spec(self.config.encoder).absolute_positions:
+        if encoders.encoder_spec(self.config.encoder).positions_from_ids:
             self.transformer.set_attn_implementation(attention.NAME)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -215,6 +215,10 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         """`[CLS] labels text pad...` as the reference lays it out, through SDPA with a padding mask."""
         self._check_length(text_ids.shape[1])
         inputs = self._layout_inputs(text_ids, attention_mask, token_type_ids)
+        window = encoders.sliding_window(self.config.encoder)
+        if window is not None and self._runs_ltc_attention():  # local layers: windows in position ids
+            inputs["attention_mask"] = attention.position_window_masks(inputs["attention_mask"],
+                                                                       inputs["position_ids"], window)
         encoded = self.transformer(**inputs, inputs_embeds=self._embed(text_ids), return_dict=True,
                                    output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         return self._head(encoded.last_hidden_state), encoded
@@ -234,7 +238,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                                               cu_seqlens=packing.text_cu_seqlens).unsqueeze(0)
         encoded = self.transformer(
             **packed, output_hidden_states=output_hidden_states, return_dict=True,
-            ltc_packed=attention.PackedSequences(packing.cu_seqlens, packing.max_seqlen, packing.host_offsets),
+            ltc_packed=attention.PackedSequences(packing.cu_seqlens, packing.max_seqlen, packing.host_offsets,
+                                                 position_ids=packed["position_ids"][0]),
         )
         logits = self._head(encoded.last_hidden_state[0], packing.label_rows)
         if output_hidden_states:
@@ -254,8 +259,9 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         # be a host sync of its own: the packing reads the offsets anyway)
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else self.dtype
         dropout = encoders.attention_dropout(self.config.encoder) if self.training else 0.0
+        # (Local attention layers take the exact per-sequence loop when packed, so they stay padded.)
         return (attention_mask is not None and self._runs_ltc_attention() and not output_attentions
-                and not output_hidden_states
+                and not output_hidden_states and encoders.sliding_window(self.config.encoder) is None
                 and attention.fused_varlen_runs(attention_mask.device, dtype, dropout,
                                                 encoders.attention_head_size(self.config.encoder)))
 
@@ -263,8 +269,9 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         return self.transformer.config._attn_implementation == attention.NAME
 
     def _check_attention_backend(self, what: str, output_attentions) -> None:
-        if not encoders.encoder_spec(self.config.encoder).absolute_positions:
-            raise ValueError(f"{what} needs an encoder with absolute positions and transformers' AttentionInterface "
+        if not encoders.encoder_spec(self.config.encoder).positions_from_ids:
+            raise ValueError(f"{what} needs an encoder with positions from position ids (absolute or rotary) and "
+                             f"transformers' AttentionInterface "
                              f"({', '.join(encoders.modes_supported())}); {self.config.encoder.model_type!r} has "
                              f"relative positions: use sequence_packing='padded' (or 'auto')")
         if not self._runs_ltc_attention():

@@ -158,7 +158,7 @@ def plain_torch_execution(model):
         config.ops_backend, config.sequence_packing, config.check_inputs = "torch", "padded", False
         if attention_before not in EXPORTABLE_ATTENTION:
             spec = encoders.encoder_spec(config.encoder)
-            model.transformer.set_attn_implementation(attention.NAME if spec.absolute_positions else "eager")
+            model.transformer.set_attn_implementation(attention.NAME if spec.positions_from_ids else "eager")
         model.eval()
         yield model
     finally:

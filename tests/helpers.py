@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from transformers import (BertConfig, BertTokenizerFast, DebertaV2Config, DistilBertConfig, ElectraConfig,
-                          RobertaConfig, XLMRobertaConfig)
+                          ModernBertConfig, RobertaConfig, XLMRobertaConfig)
 
 import ltc_fast
 from ltc_fast.reference import ReferenceLabelTokenModel
@@ -39,6 +39,13 @@ ENCODER_CONFIGS = {
                                           num_attention_heads=2, intermediate_size=37, pad_token_id=0,
                                           relative_attention=True, position_biased_input=False,
                                           pos_att_type=["p2c", "c2p"], max_relative_positions=64, type_vocab_size=0),
+    # Rotary positions; global attention in layers 0 and 2, local in layer 1 with a window of 3 positions either
+    # side (local_attention=6), narrower than the test batches, so the window decides what a token sees.
+    "modernbert": lambda: ModernBertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=3,
+                                           num_attention_heads=2, intermediate_size=37, pad_token_id=0,
+                                           global_attn_every_n_layers=2, local_attention=6,
+                                           max_position_embeddings=128, cls_token_id=2, sep_token_id=3,
+                                           bos_token_id=2, eos_token_id=3),
 }
 ARCHITECTURES = list(ENCODER_CONFIGS)
 
@@ -46,6 +53,8 @@ ARCHITECTURES = list(ENCODER_CONFIGS)
 def encoder_config(arch: str, **overrides):
     config = ENCODER_CONFIGS[arch]()
     for key, value in overrides.items():
+        if key == "num_hidden_layers" and getattr(config, "layer_types", None) is not None:
+            config.layer_types = config.layer_types[:value]  # ModernBERT: one attention type per layer
         setattr(config, key, value)
     return config
 

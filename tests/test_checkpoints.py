@@ -50,7 +50,7 @@ def test_loading_a_checkpoint_checks_the_labels(tmp_path):
 
 
 @pytest.mark.parametrize("weights_format", ["pytorch_model.bin", "model.safetensors"])
-@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "modernbert"])
 def test_loads_a_saved_reference_checkpoint(arch, weights_format, tmp_path):
     reference, _ = reference_and_ltc(arch, 6, "single_label_classification")
     reference.label_names = [f"name{i}" for i in range(6)]

@@ -37,7 +37,8 @@ def masked_oracle(model, dtype=torch.float32):
 
 def masked_oracle_logits(oracle, ids, mask):
     """Logits from one eager pass of `oracle` (see `masked_oracle`) over [text; labels] with the decoupled
-    pattern as an explicit mask."""
+    pattern as an explicit mask (and, for an encoder with local layers, that pattern within the window of
+    position ids in those layers)."""
     spec = encoders.encoder_spec(oracle.config.encoder)
     pad = oracle.config.encoder.pad_token_id
     batch, text_len = ids.shape
@@ -56,9 +57,18 @@ def masked_oracle_logits(oracle, ids, mask):
     label_self = torch.arange(text_len, size)
     allowed[:, label_self, label_self] = True  # each label sees itself
     dtype = words.dtype
-    additive = torch.zeros(batch, 1, size, size, dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+    def additive(allowed):
+        return torch.zeros(batch, 1, size, size, dtype=dtype).masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+    attention_mask = additive(allowed)
+    window = encoders.sliding_window(oracle.config.encoder)
+    if window is not None:
+        local = allowed & ((positions[:, :, None] - positions[:, None, :]).abs() <= window)
+        local |= ~local.any(dim=-1, keepdim=True)  # a padding query out of reach of every key: unread, not NaN
+        attention_mask = {"full_attention": attention_mask, "sliding_attention": additive(local)}
     inputs = {"inputs_embeds": torch.cat([words, labels], dim=1), "position_ids": positions,
-              "attention_mask": additive}
+              "attention_mask": attention_mask}
     if spec.takes_token_type_ids:
         inputs["token_type_ids"] = torch.zeros(batch, size, dtype=torch.long)
     states = encoder(**inputs).last_hidden_state[:, text_len:]
@@ -103,7 +113,7 @@ def test_decoupled_gradients_equal_the_masked_oracle():
     samples.check()
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "electra"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "electra", "modernbert"])
 def test_the_text_is_encoded_exactly_as_by_the_plain_encoder(arch):
     model = decoupled_model(arch, 4)
     ids, mask = text_batch(3, 10, model.config.encoder.pad_token_id)

@@ -116,7 +116,7 @@ def test_reference_ids_whose_label_block_is_out_of_order(multi):
 
 def test_unsupported_architecture_names_the_supported_ones():
     with pytest.raises(ValueError, match=r"'gpt2' is not supported by ltc_fast; supported model_type values are: "
-                                         r"bert, deberta-v2, distilbert, electra, roberta, xlm-roberta"):
+                                         r"bert, deberta-v2, distilbert, electra, modernbert, roberta, xlm-roberta"):
         LtcConfig(encoder=GPT2Config(), num_labels=2)
 
 

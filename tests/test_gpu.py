@@ -47,7 +47,7 @@ def _packed_and_padded(arch, num_labels):
     return packed.to(DEVICE), padded.to(DEVICE)
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "modernbert"])
 def test_cuda_packed_varlen_matches_padded(arch):
     """Packed batches on CUDA (in bf16, varlen flash attention) against the padded SDPA path, fp32 and bf16."""
     packed, padded = _packed_and_padded(arch, 28)

@@ -4,23 +4,26 @@ import pytest
 import torch
 
 from ltc_fast import AutoModelForTokenSequenceClassification as Model
+from ltc_fast.encoders import encoder_layers
 from tests.helpers import check_over_draws, fp64_copy, reference_and_ltc, reference_format, text_batch
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "deberta-v2"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert", "deberta-v2", "modernbert"])
 @pytest.mark.parametrize("hidden_layer,kept", [(1, 1), (2, 2), (-2, 1), (-1, 2)])
 def test_head_reads_layer_k_and_upper_layers_are_gone(arch, hidden_layer, kept, tmp_path):
     reference, _ = reference_and_ltc(arch, 5, num_hidden_layers=2, n_layers=2)
     reference.save_pretrained(tmp_path)
     model = Model.from_pretrained(tmp_path, hidden_layer=hidden_layer)
-    layers = model.transformer.transformer.layer if arch == "distilbert" else model.transformer.encoder.layer
-    assert len(layers) == kept
+    assert len(encoder_layers(model.transformer)) == kept
 
     oracle = fp64_copy(reference)
 
     def layer_k_logits(reference, ref_ids, ref_mask):
         states = reference.transformer(ref_ids, attention_mask=ref_mask, output_hidden_states=True).hidden_states
-        return reference.classifier(states[hidden_layer])[:, 1:6, 0]
+        layer_k = states[hidden_layer]
+        if arch == "modernbert" and hidden_layer not in (-1, len(states) - 1):
+            layer_k = reference.transformer.final_norm(layer_k)  # pre-norm: the last layer's is applied already
+        return reference.classifier(layer_k)[:, 1:6, 0]
 
     def draw(samples):  # the accuracy rule: the reference's layer-k logits in fp64 the oracle, in fp32 plain
         text_ids, mask = text_batch(3, 7, pad_id=model.config.encoder.pad_token_id)

@@ -197,6 +197,16 @@ def test_decoupled_chunked_model_exports(tmp_path):
         "label_attention"] == "decoupled"
 
 
+@pytest.mark.parametrize("label_positions", ["reference", "shared"])
+def test_modernbert_exports_with_its_local_windows(label_positions, tmp_path):
+    """Rotary positions and a local layer whose window (3 positions) is narrower than the texts."""
+    torch.manual_seed(0)
+    config = LtcConfig(encoder=encoder_config("modernbert"), label_names=LABELS, label_positions=label_positions)
+    _spread(Model(config), seed=2).save_pretrained(tmp_path)
+    export_onnx(tmp_path, tmp_path / "model.onnx")
+    _assert_graph_matches_model(tmp_path / "model.onnx", Model.from_pretrained(tmp_path))
+
+
 def test_reference_checkpoint_exports_through_the_command(tmp_path, capsys):
     """`ltc-fast export` on a reference checkpoint: the graph takes plain ids and gives the reference's logits
     (on its own input, the label ids after [CLS])."""

@@ -92,9 +92,9 @@ def test_no_pad_token_reaches_attention(monkeypatch):
     seen = []
     real_varlen = attention._varlen_attention
 
-    def spy(query, key, value, packed_sequences, dropout, scaling):
+    def spy(query, key, value, packed_sequences, *rest):
         seen.append((query.shape[2], packed_sequences.cu_seqlens.tolist()))
-        return real_varlen(query, key, value, packed_sequences, dropout, scaling)
+        return real_varlen(query, key, value, packed_sequences, *rest)
 
     monkeypatch.setattr(attention, "_varlen_attention", spy)
     ids, mask = text_batch(3, 10, 0)
@@ -231,7 +231,7 @@ def test_forcing_packed_on_an_encoder_without_it_is_a_clear_error():
     model = Model(ltc_fast.LtcConfig(encoder=encoder_config("deberta-v2"), num_labels=2,
                                      sequence_packing="packed")).eval()
     ids, mask = text_batch(2, 6, 0)
-    with pytest.raises(ValueError, match=r"sequence_packing='packed' needs an encoder with absolute positions.*"
+    with pytest.raises(ValueError, match=r"sequence_packing='packed' needs an encoder with positions from position ids.*"
                                          r"'deberta-v2' has relative positions"):
         model(ids, mask)
 

@@ -74,7 +74,8 @@ def test_lora_config_trains_lora_label_table_and_head_only(arch):
     model = _model(arch)
     frozen = {name: p.detach().clone() for name, p in model.named_parameters()}
     peft_model = _lora(model)
-    targets = {"distilbert": ("q_lin", "v_lin"), "deberta-v2": ("query_proj", "value_proj")}.get(arch, ("query", "value"))
+    targets = {"distilbert": ("q_lin", "v_lin"), "deberta-v2": ("query_proj", "value_proj"),
+               "modernbert": ("Wqkv",)}.get(arch, ("query", "value"))
     assert _trainable(peft_model) == _expected_trainable(peft_model, targets)
 
     batch = _batch()

@@ -122,3 +122,13 @@ def test_readme_command_lines_parse():
     for command in commands:
         args, extra = parser.parse_known_args(shlex.split(command)[1:])
         assert not extra or args.command == "bench", f"{command}: unknown arguments {extra}"
+
+
+def test_modernbert_example_runs(tmp_path, monkeypatch):
+    """docs/modernbert.md's example continues the README's: a ModernBERT directory loads with label-name rows,
+    shared positions, and packed execution gives the padded logits."""
+    namespace = _run_after_readme(ROOT / "docs" / "modernbert.md", tmp_path, monkeypatch)
+    torch, padded, packed = (namespace[name] for name in ("torch", "padded", "packed"))
+    assert namespace["model"].config.encoder.model_type == "modernbert"
+    assert padded.shape == (2, 40)
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)

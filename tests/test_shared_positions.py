@@ -48,7 +48,7 @@ def test_permuting_the_labels_permutes_the_logits(arch):
     check_over_draws(3 * 7, draw)
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "modernbert"])
 def test_one_label_shared_is_the_reference_layout(arch):
     """With N = 1 the two position schemes coincide."""
     model = shared_model(arch, 1)
@@ -87,8 +87,9 @@ def test_shared_text_longer_than_the_positions_is_a_clear_error():
 
 
 def test_shared_positions_on_relative_position_encoders_name_the_supported_ones():
-    with pytest.raises(ValueError, match=r"label_positions='shared'.*need an encoder with absolute position "
-                                         r"embeddings.*bert, distilbert.*'deberta-v2' uses relative positions"):
+    with pytest.raises(ValueError, match=r"label_positions='shared'.*need an encoder with positions from position ids "
+                                         r"\(absolute or rotary\).*bert, distilbert, electra, modernbert.*"
+                                         r"'deberta-v2' uses relative positions"):
         ltc_fast.LtcConfig(encoder=encoder_config("deberta-v2"), num_labels=3, label_positions="shared")
 
 
