@@ -71,8 +71,14 @@ class OnnxClassifier:
         first, under the same decision rule (`ltc_fast.prediction`; the saved per-label thresholds included)."""
         if isinstance(texts, str):
             texts = [texts]
-        runs = self._iter_probas(texts, batch_size, max_length, False, sort_by_length)
-        return [labels for run in labels_of_probas(runs, self.config, top_k, threshold) for labels in run]
+        runs = self.iter_predictions(texts, top_k, threshold, batch_size, max_length, sort_by_length=sort_by_length)
+        return [labels for run in runs for labels in run]
+
+    def iter_predictions(self, texts, top_k: int | None = None, threshold: float | None = None, batch_size: int = 32,
+                         max_length: int | None = None, progress: bool = False, sort_by_length: bool = True):
+        """`predict`, a run of texts at a time (as `ltc_fast.prediction.iter_predictions`): each run's label lists."""
+        runs = self._iter_probas(texts, batch_size, max_length, progress, sort_by_length)
+        yield from labels_of_probas(runs, self.config, top_k, threshold)
 
     def _iter_probas(self, texts, batch_size, max_length, progress, sort_by_length):
         def probas_of(batch_texts: list[str]) -> np.ndarray:

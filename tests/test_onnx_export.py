@@ -224,6 +224,30 @@ def test_reference_checkpoint_exports_through_the_command(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["reference.onnx"], "no staging directory left"
 
 
+def test_predict_command_runs_the_onnx_file(tmp_path, capsys, multi_label):
+    """`ltc-fast predict --model FILE.onnx` writes the lines `--model DIR` writes (onnxruntime's scores to 1e-6);
+    the tokenizer comes from the file's directory or from --tokenizer."""
+    directory, result = multi_label
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a b c\nc a\nb b b b a\n")
+
+    def predict(*model_args):
+        assert cli.main(["predict", *model_args, "--input", str(texts), "--top-k", "2"]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    expected = predict("--model", str(directory))
+    elsewhere = tmp_path / "deploy" / "model.onnx"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(open(result.path, "rb").read())
+    for got in (predict("--model", result.path), predict("--model", str(elsewhere), "--tokenizer", str(directory))):
+        assert [line["text"] for line in got] == [line["text"] for line in expected] == ["a b c", "c a", "b b b b a"]
+        _assert_same_predictions([line["labels"] for line in got], [line["labels"] for line in expected])
+    assert cli.main(["predict", "--model", result.path, "--input", str(texts), "--device", "cuda"]) == 2
+    assert "runs on onnxruntime's CPU provider" in capsys.readouterr().err
+    assert cli.main(["predict", "--model", str(directory), "--input", str(texts), "--tokenizer", str(directory)]) == 2
+    assert "--tokenizer goes with a .onnx model" in capsys.readouterr().err
+
+
 def test_command_line_errors(tmp_path, capsys, monkeypatch, multi_label):
     directory, result = multi_label
     encoder = save_tiny_encoder(tmp_path / "encoder")

@@ -169,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "\"score\": probability}, ...]}, best first. Multi-label: the labels at or above "
                     "--threshold (default: the model's per-label thresholds, else 0.5), at most --top-k; "
                     "--top-k alone gives the k best labels. Single-label: the best label by default."))
-    predict.add_argument("--model", required=True, metavar="DIR", help="an ltc_fast or reference checkpoint")
+    predict.add_argument("--model", required=True, metavar="DIR|FILE",
+                         help="an ltc_fast or reference checkpoint, or a .onnx file written by `export` (then "
+                              "onnxruntime runs it on the CPU)")
+    predict.add_argument("--tokenizer", default=None, metavar="DIR",
+                         help="with a .onnx model: the directory of its tokenizer (default: the .onnx file's)")
     predict.add_argument("--input", default="-", metavar="FILE|-",
                          help="texts: plain lines (one text per line), JSONL with a text field, CSV/TSV with a "
                               "text column; - reads standard input")
@@ -367,20 +371,35 @@ def _predict(args) -> int:
     _check_positive(args, "batch_size", "top_k")
     _check_probability("threshold", args.threshold)
     texts = read_texts(args.input, args.input_format, args.text_column)
-    model, tokenizer = _load(args)
+    batches = _prediction_batches(args, texts)
     if args.output == "-":
-        _write_predictions(sys.stdout, model, tokenizer, texts, args)
+        _write_predictions(sys.stdout, texts, batches)
         return 0
     with replacing(args.output) as partial, open(partial, "w", encoding="utf-8") as out:
-        _write_predictions(out, model, tokenizer, texts, args)  # the output file appears only when complete
+        _write_predictions(out, texts, batches)  # the output file appears only when complete
     return 0
 
 
-def _write_predictions(out, model, tokenizer, texts, args) -> None:
+def _prediction_batches(args, texts):
+    """The label lists of `texts`, a run at a time: from the PyTorch model, or from onnxruntime for a .onnx file."""
+    options = dict(top_k=args.top_k, threshold=args.threshold, batch_size=args.batch_size,
+                   max_length=args.max_length, progress=args.input != "-")
+    if args.model.endswith(".onnx"):
+        from ..onnx_prediction import OnnxClassifier
+
+        if args.device not in ("auto", "cpu"):
+            raise UsageError(f"--device {args.device!r}: a .onnx model runs on onnxruntime's CPU provider here; "
+                             f"use the checkpoint directory for a torch device")
+        return OnnxClassifier(args.model, tokenizer=args.tokenizer).iter_predictions(texts, **options)
+    if args.tokenizer is not None:
+        raise UsageError("--tokenizer goes with a .onnx model; a checkpoint directory holds its tokenizer")
     from ..prediction import iter_predictions
 
-    batches = iter_predictions(model, tokenizer, texts, args.top_k, args.threshold, args.batch_size,
-                               args.max_length, progress=args.input != "-")
+    model, tokenizer = _load(args)
+    return iter_predictions(model, tokenizer, texts, **options)
+
+
+def _write_predictions(out, texts, batches) -> None:
     done = 0
     for batch in batches:  # written batch by batch, so a long run shows its results as it goes
         for labels in batch:
