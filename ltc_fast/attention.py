@@ -187,11 +187,13 @@ def _windowed_sequence_loop(query, key, value, packed: PackedSequences, dropout,
     return torch.cat(pieces, dim=2).transpose(1, 2)
 
 
-def position_window_masks(attention_mask: torch.Tensor | None, position_ids: torch.Tensor, window: int) -> dict:
+def position_window_masks(attention_mask: torch.Tensor | None, position_ids: torch.Tensor, window: int,
+                          additive_dtype: torch.dtype | None = None) -> dict:
     """The masks of a padded batch for an encoder with local layers (the mapping ModernBERT takes as its
     `attention_mask`): `full_attention` keeps the real keys, `sliding_attention` also only the keys within
-    `window` position ids of the query. bool `[B, 1, S, S]` (True: attend). A padding query with no key in reach
-    gets every key, as transformers' SDPA masks do: its output is never read, and an empty row would be NaN."""
+    `window` position ids of the query. bool `[B, 1, S, S]` (True: attend), or with `additive_dtype` 0 / the
+    dtype's minimum (eager attention's format). A padding query with no key in reach gets every key, as
+    transformers' SDPA masks do: its output is never read, and an empty row would be NaN."""
     batch, seq_len = position_ids.shape
     keys = (torch.ones(batch, seq_len, dtype=torch.bool, device=position_ids.device) if attention_mask is None
             else attention_mask.bool())
@@ -199,7 +201,12 @@ def position_window_masks(attention_mask: torch.Tensor | None, position_ids: tor
     near = (position_ids[:, :, None] - position_ids[:, None, :]).abs() <= window  # [B, S, S]
     sliding = near[:, None] & full
     sliding = sliding | ~sliding.any(dim=-1, keepdim=True)
-    return {"full_attention": full, "sliding_attention": sliding}
+    masks = {"full_attention": full, "sliding_attention": sliding}
+    if additive_dtype is not None:
+        minimum = torch.finfo(additive_dtype).min
+        masks = {name: torch.zeros(mask.shape, dtype=additive_dtype, device=mask.device).masked_fill(~mask, minimum)
+                 for name, mask in masks.items()}
+    return masks
 
 
 def nested_sdpa(query, key, value, packed: PackedSequences, dropout, scaling):

@@ -216,9 +216,11 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         self._check_length(text_ids.shape[1])
         inputs = self._layout_inputs(text_ids, attention_mask, token_type_ids)
         window = encoders.sliding_window(self.config.encoder)
-        if window is not None and self._runs_ltc_attention():  # local layers: windows in position ids
-            inputs["attention_mask"] = attention.position_window_masks(inputs["attention_mask"],
-                                                                       inputs["position_ids"], window)
+        if window is not None and self.config.label_positions == "shared":
+            # Local layers' windows are in position ids, which shared positions make differ from sequence slots
+            # (transformers' own masks); in the reference layout the two agree and transformers' masks serve.
+            inputs["attention_mask"] = attention.position_window_masks(
+                inputs["attention_mask"], inputs["position_ids"], window, self._mask_format())
         encoded = self.transformer(**inputs, inputs_embeds=self._embed(text_ids), return_dict=True,
                                    output_hidden_states=output_hidden_states, output_attentions=output_attentions)
         return self._head(encoded.last_hidden_state), encoded
@@ -264,6 +266,18 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
                 and not output_hidden_states and encoders.sliding_window(self.config.encoder) is None
                 and attention.fused_varlen_runs(attention_mask.device, dtype, dropout,
                                                 encoders.attention_head_size(self.config.encoder)))
+
+    def _mask_format(self) -> torch.dtype | None:
+        """How the encoder's attention takes an explicit mask: bool (ltc_fast, SDPA), or additive in the model's
+        dtype (eager); other implementations (flash-attn, flex) take none that holds a window in position ids."""
+        implementation = self.transformer.config._attn_implementation
+        if implementation in (attention.NAME, "sdpa"):
+            return None
+        if implementation == "eager":
+            return self.dtype
+        raise ValueError(f"label_positions='shared' on {self.config.encoder.model_type!r}, whose local attention "
+                         f"layers measure their window in position ids, needs attn_implementation "
+                         f"{attention.NAME!r}, 'sdpa' or 'eager'; this model uses {implementation!r}")
 
     def _runs_ltc_attention(self) -> bool:
         return self.transformer.config._attn_implementation == attention.NAME

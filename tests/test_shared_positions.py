@@ -48,6 +48,27 @@ def test_permuting_the_labels_permutes_the_logits(arch):
     check_over_draws(3 * 7, draw)
 
 
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_local_windows_in_position_ids_under_every_attention_implementation(implementation):
+    """ModernBERT's local layers measure their window in position ids under SDPA and eager attention too (the masks
+    ltc_fast builds for shared positions), and an implementation that cannot take them is a clear error."""
+    model = shared_model("modernbert", 5)
+    other = copy.deepcopy(model)
+    other.transformer.set_attn_implementation(implementation)
+    oracle = fp64_copy(model)
+
+    def draw(samples):
+        ids, mask = text_batch(3, 9, model.config.encoder.pad_token_id)
+        with torch.no_grad():
+            samples.add("logits", other(ids, mask).logits, model(ids, mask).logits, oracle(ids, mask).logits)
+
+    check_over_draws(3 * 5, draw)
+    other.transformer.config._attn_implementation = "flash_attention_2"  # as loaded with flash-attn installed
+    ids, mask = text_batch(2, 6, model.config.encoder.pad_token_id)
+    with pytest.raises(ValueError, match="label_positions='shared' on 'modernbert'.*needs attn_implementation"):
+        other(ids, mask)
+
+
 @pytest.mark.parametrize("arch", ["bert", "roberta", "modernbert"])
 def test_one_label_shared_is_the_reference_layout(arch):
     """With N = 1 the two position schemes coincide."""
