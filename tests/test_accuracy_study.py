@@ -89,6 +89,10 @@ def test_the_summary_renders_tables_paired_differences_and_plots(study):
     mine = {r["seed"]: r["test"]["macro_f1"] for r in summary.runs("multi", "ltc-random")}
     assert diff["seeds"] == [0, 1]
     assert diff["mean"] == pytest.approx(sum(mine[s] - base[s] for s in (0, 1)) / 2)
+    strongest = {r["seed"]: r["test"]["macro_f1"] for r in summary.runs("multi", "mean-pool")}
+    against_mean_pool = accuracy.paired_difference(summary, "multi", "ltc-random", "macro_f1", "mean-pool")
+    assert against_mean_pool["mean"] == pytest.approx(sum(mine[s] - strongest[s] for s in (0, 1)) / 2)
+    assert "Δ macro-F1 vs mean-pool (paired)" in text
 
 
 def test_records_of_another_plan_are_kept_apart(study, tmp_path):
