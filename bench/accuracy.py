@@ -35,7 +35,7 @@ import signal
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -386,7 +386,7 @@ def paired_difference(summary: Summary, task: str, contender: str, metric: str, 
     return {"seeds": seeds, "mean": mean, "std": std, "wins": sum(d > 0 for d in diffs), "p": p}
 
 
-def markdown(summary: Summary, link: str, figures: dict[str, str]) -> str:
+def markdown(summary: Summary, link: str, figures: dict[str, str], command: str = "--study") -> str:
     plan = summary.plan
     lines = [
         (f"all-MiniLM-L6-v2 on GoEmotions; {plan['train_size']:,} train / {plan['dev_size']:,} dev / "
@@ -394,8 +394,8 @@ def markdown(summary: Summary, link: str, figures: dict[str, str]) -> str:
         f"{plan['batch_size']}, AdamW lr {plan['lr']:g} for the encoder and label embeddings, {plan['head_lr']:g} for the classifier layers (10% warm-up, linear decay, weight decay "
         f"{plan['weight_decay']:g}), max_length {plan['max_length']} (labels included); seeds {plan['seeds']}. "
         f"Test metrics, mean ± std over seeds; multi-label F1 at per-label thresholds tuned on dev. "
-        f"{summary.records[0]['provenance']['device']}; `python -m bench.accuracy --study`, records in "
-        f"[{RESULTS_FILE.name}]({link})."),
+        f"{summary.records[0]['provenance']['device']}; `python -m bench.accuracy {command}`, records in "
+        f"[{Path(link).name}]({link})."),
     ]
     for task in TASKS:
         contenders = summary.contenders(task)
@@ -560,14 +560,26 @@ def render_pilot(path: Path = PILOT_FILE) -> str:
     return "\n".join(lines)
 
 
-def render_summary(docs: bool, path: Path = RESULTS_FILE) -> str:
+def render_summary(docs: bool, path: Path = RESULTS_FILE, section: str = "accuracy-study",
+                   command: str = "--study") -> str:
     summary = summarize(read_records(path))
     page = DOCS / "accuracy.md"
     figures = plot(summary, path.with_suffix(""))
-    text = markdown(summary, link_from(page, path), {k: link_from(page, v) for k, v in figures.items()})
+    text = markdown(summary, link_from(page, path), {k: link_from(page, v) for k, v in figures.items()}, command)
     if docs:
-        replace_section("accuracy-study", text, page)
+        replace_section(section, text, page)
     return text
+
+
+# ---------------------------------------------------------------------------------------------------- long run
+# Where the study's curves have not flattened: the same schedule stretched to three times the steps (the decay
+# with it), one seed, the two plain heads against the leading label-token initialisation.
+LONG_FILE = RESULTS_DIR / "accuracy-long.jsonl"
+LONG_CONTENDERS = ("cls-head", "mean-pool", "ltc-label_name")
+
+
+def long_plan() -> Plan:
+    return replace(Plan(), steps=3 * Plan.steps, curve_points=6, seeds=(0,))
 
 
 def main(argv=None) -> None:
@@ -576,8 +588,13 @@ def main(argv=None) -> None:
     parser.add_argument("--summary", action="store_true", help="tables and plots from the recorded runs")
     parser.add_argument("--pilot", action="store_true",
                         help="the convergence pilot (one seed, 600 steps, two schedules), then its table and plot")
+    parser.add_argument("--long", action="store_true",
+                        help="the convergence check: the study's schedule at 3x the steps, one seed, the two heads "
+                             "and label-name label tokens (multi-label), then its table")
     parser.add_argument("--docs", action="store_true", help="with --summary: rewrite docs/accuracy.md's section")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=None,
+                        help="with --study / --long: train only these (e.g. to split the runs between processes)")
     parser.add_argument("--workers", type=int, default=1, help="processes of one torch thread each (CPU)")
     parser.add_argument("--model", default=None, help="encoder path (default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--full", action="store_true", help="all of GoEmotions' train and test splits (a GPU)")
@@ -585,8 +602,12 @@ def main(argv=None) -> None:
     parser.add_argument("--train-size", type=int, default=Plan.train_size)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(Plan.seeds))
     args = parser.parse_args(argv)
-    if not (args.study or args.summary or args.pilot):
-        parser.error("say --pilot, --study, --summary (or --study --summary)")
+    if not (args.study or args.summary or args.pilot or args.long):
+        parser.error("say --pilot, --study, --long, --summary (or --study --summary)")
+    if args.long:
+        run_study(long_plan(), ["multi"], args.model or bundled_minilm_path(), args.workers, LONG_FILE,
+                  contenders=[c for c in LONG_CONTENDERS if args.contenders is None or c in args.contenders])
+        print(render_summary(args.docs, LONG_FILE, "accuracy-long", "--long"))
     if args.pilot:
         run_pilot(args.model or bundled_minilm_path(), args.workers)
         text = render_pilot()
@@ -597,7 +618,7 @@ def main(argv=None) -> None:
         plan = Plan(steps=args.steps, train_size=args.train_size, seeds=tuple(args.seeds))
         if args.full:
             plan = Plan(steps=args.steps, train_size=10**6, dev_size=10**6, test_size=10**6, seeds=tuple(args.seeds))
-        run_study(plan, args.tasks, args.model or bundled_minilm_path(), args.workers)
+        run_study(plan, args.tasks, args.model or bundled_minilm_path(), args.workers, contenders=args.contenders)
     if args.summary:
         print(render_summary(args.docs))
 
