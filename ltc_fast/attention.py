@@ -148,10 +148,10 @@ def _pad_head_size(t: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def _varlen_attention(query, key, value, packed: PackedSequences, dropout, scaling, window=None):
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [total, heads, head_dim]
-    cu, max_len, head_size = packed.cu_seqlens, packed.max_seqlen, q.shape[-1]
     if window is not None:  # a local layer: windows in position ids, which the fused kernels do not take
         return _windowed_sequence_loop(query, key, value, packed, dropout, scaling, window)
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [total, heads, head_dim]
+    cu, max_len, head_size = packed.cu_seqlens, packed.max_seqlen, q.shape[-1]
     if fused_varlen_runs(q.device, q.dtype, dropout, head_size):
         flash = flash_attn_varlen()
         if flash is not None:
@@ -173,6 +173,12 @@ def _varlen_attention(query, key, value, packed: PackedSequences, dropout, scali
     return torch.cat(pieces, dim=2).transpose(1, 2)
 
 
+def within_window(query_positions: torch.Tensor, key_positions: torch.Tensor, window: int) -> torch.Tensor:
+    """bool `[..., q, k]`: which keys a local layer's queries reach, `|p_query - p_key| <= window` (position ids
+    `[..., q]` and `[..., k]`): the one definition of the window every execution applies."""
+    return (query_positions[..., :, None] - key_positions[..., None, :]).abs() <= window
+
+
 def _windowed_sequence_loop(query, key, value, packed: PackedSequences, dropout, scaling, window: int):
     """The per-sequence loop with each sequence's local window `|p_query - p_key| <= window` as its mask."""
     if packed.position_ids is None:
@@ -181,7 +187,7 @@ def _windowed_sequence_loop(query, key, value, packed: PackedSequences, dropout,
     bounds, positions = packed.host_offsets, packed.position_ids
     pieces = []
     for a, b in zip(bounds[:-1], bounds[1:]):
-        near = (positions[a:b, None] - positions[None, a:b]).abs() <= window  # [S, S]; the diagonal always holds
+        near = within_window(positions[a:b], positions[a:b], window)  # [S, S]; the diagonal always holds
         pieces.append(F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
                                                      attn_mask=near, dropout_p=dropout, scale=scaling))
     return torch.cat(pieces, dim=2).transpose(1, 2)
@@ -198,7 +204,7 @@ def position_window_masks(attention_mask: torch.Tensor | None, position_ids: tor
     keys = (torch.ones(batch, seq_len, dtype=torch.bool, device=position_ids.device) if attention_mask is None
             else attention_mask.bool())
     full = keys[:, None, None, :].expand(batch, 1, seq_len, seq_len)
-    near = (position_ids[:, :, None] - position_ids[:, None, :]).abs() <= window  # [B, S, S]
+    near = within_window(position_ids, position_ids, window)  # [B, S, S]
     sliding = near[:, None] & full
     sliding = sliding | ~sliding.any(dim=-1, keepdim=True)
     masks = {"full_attention": full, "sliding_attention": sliding}
@@ -236,7 +242,7 @@ def _labels_attend_text(module, query, key, value, text: DecoupledText, dropout,
         if text.text_positions is None or text.label_positions is None:
             raise ValueError("a local attention layer ran a label pass without the text's and the labels' "
                              "position ids")
-        near = (text.label_positions[:, :, None] - text.text_positions[:, None, :]).abs() <= window  # [B, n, T]
+        near = within_window(text.label_positions, text.text_positions, window)  # [B, n, T]
         visible = visible & near[:, None]
     scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
     self_score = (query * key).sum(-1, keepdim=True) * scaling  # [B, heads, n, 1]

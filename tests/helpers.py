@@ -15,6 +15,7 @@ from transformers import (BertConfig, BertTokenizerFast, DebertaV2Config, Distil
                           ModernBertConfig, RobertaConfig, XLMRobertaConfig)
 
 import ltc_fast
+from ltc_fast import encoders
 from ltc_fast.reference import ReferenceLabelTokenModel
 
 VOCAB = 101  # not a power of two
@@ -53,9 +54,10 @@ ARCHITECTURES = list(ENCODER_CONFIGS)
 def encoder_config(arch: str, **overrides):
     config = ENCODER_CONFIGS[arch]()
     for key, value in overrides.items():
-        if key == "num_hidden_layers" and getattr(config, "layer_types", None) is not None:
-            config.layer_types = config.layer_types[:value]  # ModernBERT: one attention type per layer
-        setattr(config, key, value)
+        if key == "num_hidden_layers":
+            encoders.set_num_layers(config, value)  # ModernBERT's per-layer attention types follow
+        else:
+            setattr(config, key, value)
     return config
 
 
