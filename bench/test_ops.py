@@ -1,5 +1,7 @@
 """Op benches: each Triton kernel of `ltc_fast/ops` against its plain-PyTorch twin (what the model runs without
-it), forward and forward+backward, at the W1, W4 and W5 sizes (H = 768, bf16 on the GPU; fp32 on the CPU).
+it), forward and forward+backward, at the W1, W4 and W5 sizes (H = 768, bf16 on the GPU; fp32 on the CPU). The
+decoupled label attention is not memory-bound at W4/W5 (about 160 FLOPs per byte with 64-wide heads): its record
+also holds its forward's matmul FLOPs (`attention_flops_fwd`, 4 B heads N T d, as flash attention counts them).
 
 Achieved GB/s = the op's minimum memory traffic (the bytes it must read and write, `measure.bytes_of`) / its
 median time, also as a fraction of the measured copy bandwidth. On the CPU the Triton contender runs only in
@@ -14,7 +16,7 @@ from typing import Callable
 import pytest
 import torch
 
-from ltc_fast.ops import label_embedding, label_head
+from ltc_fast.ops import label_attention, label_embedding, label_head
 from ltc_fast.ops.triton_support import triton_available
 
 from .measure import bytes_of, synchronize
@@ -86,7 +88,37 @@ def _head_case(workload, config, dtype, device, generator, backend) -> OpCase:
     )
 
 
-OPS = {"label_embedding": _injection_case, "label_head": _head_case}
+def _attention_case(workload, config, dtype, device, generator, backend) -> OpCase:
+    """A decoupled label pass's attention in one layer: label queries (one chunk: what a pass of W5 runs) over
+    the text's keys and values and their own. The twin's dropout is the encoder's attention dropout, as in
+    training."""
+    ids = _text_ids(workload, config.vocab_size, config.pad_token_id, generator, device)
+    batch, text_len = ids.shape
+    num_labels = workload.ltc_options.get("label_chunk_size") or workload.num_labels
+    heads = config.num_attention_heads
+    head_size = config.hidden_size // heads
+
+    def draw(rows):
+        return torch.randn(batch, heads, rows, head_size, generator=generator).to(device, dtype).requires_grad_()
+
+    tensors = [draw(num_labels), draw(text_len), draw(text_len), draw(num_labels), draw(num_labels)]
+    key_padding = ids != config.pad_token_id
+    dropout_p = config.attention_probs_dropout_prob
+    out = torch.empty(batch, num_labels, heads, head_size, device=device, dtype=dtype)
+    forward = bytes_of(*tensors, key_padding, out)  # every input once, the output once
+    backward = bytes_of(out, *tensors, *tensors)  # dO and the inputs in, their five gradients out
+    return OpCase(
+        call=lambda: label_attention.labels_attend_text(*tensors, key_padding, head_size ** -0.5, dropout_p, True,
+                                                        backend=backend),
+        params=tensors,
+        sizes={"batch_size": batch, "text_len": text_len, "num_labels": num_labels, "heads": heads,
+               "head_size": head_size, "dropout_p": dropout_p,
+               "attention_flops_fwd": 4 * batch * heads * num_labels * text_len * head_size},
+        bytes={"fwd": forward, "fwd+bwd": forward + backward},
+    )
+
+
+OPS = {"label_embedding": _injection_case, "label_head": _head_case, "label_attention": _attention_case}
 
 
 def _step(case: OpCase, mode: str, device):

@@ -13,8 +13,9 @@ kernel is ours, selected per call by what the model passes through the encoder's
 - `ltc_decoupled=DecoupledText(...)`: label attention that never builds an `(N + T)^2` mask. The text is
   encoded first on its own (`record`: each layer's text keys and values are kept); then the labels
   run as their own sequence, each label query attending the cached text keys plus its own key, one
-  softmax over both (the self term joins the text's log-sum-exp). Cost `N * T`, and a label's output does
-  not depend on which other labels are in the pass.
+  softmax over both (the self term joins the text's log-sum-exp): `ltc_fast.ops.labels_attend_text`, a fused
+  Triton kernel on CUDA (no `[n, T]` score tensor in memory), its plain-PyTorch twin elsewhere. Cost `N * T`,
+  and a label's output does not depend on which other labels are in the pass.
 
 Local attention layers (ModernBERT's, which transformers calls with `sliding_window`) attend within a window of
 position ids, `|p_query - p_key| <= window` (see `ltc_fast.encoders`): padded batches carry it in their masks
@@ -32,6 +33,8 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from .ops.label_attention import labels_attend_text
 
 NAME = "ltc_fast"
 
@@ -51,13 +54,14 @@ class DecoupledText:
     """The text of a decoupled pass, in two explicit phases: `record(encoder, ...)` runs the text through the
     encoder and keeps each layer's keys and values; `attend(encoder, ...)` then runs label embeddings through
     it, each label attending those and itself (once per chunk of labels). `key_padding`: bool `[B, T]`, True
-    for real tokens.
+    for real tokens; `ops_backend`: the label attention op's `backend=` (the model's `config.ops_backend`).
 
     A plain class, not a dataclass: FSDP rebuilds the dataclass arguments of a sharded layer to hook their
     tensors, which would hand every layer its own copy of this shared cache."""
 
-    def __init__(self, key_padding: torch.Tensor):
+    def __init__(self, key_padding: torch.Tensor, ops_backend: str = "auto"):
         self.key_padding = key_padding
+        self.ops_backend = ops_backend
         self.attending = False  # which phase the attention function serves (set by record / attend only)
         self.keys: dict = {}
         self.values: dict = {}
@@ -120,7 +124,7 @@ def ltc_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     if decoupled is not None and decoupled.attending:
-        return _labels_attend_text(module, query, key, value, decoupled, dropout, scaling, window), None
+        return _label_pass(module, query, key, value, decoupled, dropout, scaling, window), None
     if packed is not None:
         output = _varlen_attention(query, key, value, packed, dropout, scaling, window)
     else:
@@ -232,25 +236,19 @@ def nested_sdpa(query, key, value, packed: PackedSequences, dropout, scaling):
     return output.transpose(1, 2).values().unsqueeze(0)
 
 
-def _labels_attend_text(module, query, key, value, text: DecoupledText, dropout, scaling, window=None):
-    """Label queries `[B, heads, n, d]` over the layer's cached text keys `[B, heads, T, d]` and their own key;
-    in a local layer only the text within `window` position ids of the label (its own key is at distance 0)."""
-    text_keys, text_values = text.keys[module], text.values[module]
-    scores = torch.matmul(query, text_keys.transpose(-1, -2)) * scaling  # [B, heads, n, T]
-    visible = text.key_padding[:, None, None, :]
+def _label_pass(module, query, key, value, text: DecoupledText, dropout, scaling, window=None):
+    """Label queries `[B, heads, n, d]` over the layer's cached text keys `[B, heads, T, d]` and their own key
+    (`ltc_fast.ops.labels_attend_text`: its fused kernel on CUDA); in a local layer only the text within `window`
+    position ids of the label (its own key is at distance 0)."""
+    text_visible = None
     if window is not None:
         if text.text_positions is None or text.label_positions is None:
             raise ValueError("a local attention layer ran a label pass without the text's and the labels' "
                              "position ids")
-        near = within_window(text.label_positions, text.text_positions, window)  # [B, n, T]
-        visible = visible & near[:, None]
-    scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
-    self_score = (query * key).sum(-1, keepdim=True) * scaling  # [B, heads, n, 1]
-    weights = torch.softmax(torch.cat([scores, self_score], dim=-1), dim=-1, dtype=torch.float32).to(query.dtype)
-    if dropout > 0.0:
-        weights = F.dropout(weights, p=dropout, training=True)
-    output = torch.matmul(weights[..., :-1], text_values) + weights[..., -1:] * value
-    return output.transpose(1, 2)
+        text_visible = within_window(text.label_positions, text.text_positions, window)  # [B, n, T]
+    # transformers passes dropout 0 outside training
+    return labels_attend_text(query, text.keys[module], text.values[module], key, value, text.key_padding, scaling,
+                           dropout, training=dropout > 0, backend=text.ops_backend, text_visible=text_visible)
 
 
 def sdpa_mask_without_sync(*args, allow_is_bidirectional_skip: bool = False, attention_mask=None, **kwargs):

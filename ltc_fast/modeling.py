@@ -308,7 +308,7 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         pad = self.config.encoder.pad_token_id
         self._check_length(text_ids.shape[1])
         key_padding = torch.ones_like(text_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        text = attention.DecoupledText(key_padding=key_padding)
+        text = attention.DecoupledText(key_padding=key_padding, ops_backend=self.config.ops_backend)
         text_inputs = {"input_ids": text_ids, "attention_mask": attention_mask,
                        "position_ids": layout.text_position_ids(text_ids, spec.position_scheme, pad)}
         if spec.takes_token_type_ids:

@@ -47,10 +47,10 @@ def kernel_calls(monkeypatch):
     dispatcher), so a test asserts which backend ran without naming anything private."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from ltc_fast.ops import label_embedding, label_head, label_loss
+    from ltc_fast.ops import label_attention, label_embedding, label_head, label_loss
 
     calls = []
-    for module in (label_embedding, label_head, label_loss):
+    for module in (label_attention, label_embedding, label_head, label_loss):
         name = f"{module.OP}_torch"
         twin = getattr(module, name)
 

@@ -35,6 +35,32 @@ def interpreting() -> bool:
     return _INTERPRETING
 
 
+def _interpreter_iterates_runtime_ints() -> None:
+    """Let `for i in range(0, n, BLOCK)` over a runtime int `n` run in Triton's interpreter with numpy >= 2.4.
+
+    The interpreter holds a scalar argument as a one-element array and converts it with `int(array)`, which
+    numpy 2.4 refuses for arrays of one dimension. Compiled kernels want exactly such loops: Triton pipelines
+    `for` loops (their loads issued stages ahead), not `while` loops. The interpreter's conversion is wrapped to
+    read the element (`.item()`), nothing else changes; a Triton whose interpreter lacks the hook is left alone.
+    """
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "ltc_fast_wrapped", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patch_lang_tensor.ltc_fast_wrapped = True
+    interpreter._patch_lang_tensor = patch_lang_tensor
+
+
+if _INTERPRETING:
+    _interpreter_iterates_runtime_ints()
+
+
 def triton_applies(requested: str | None, *tensors: torch.Tensor) -> tuple[bool, str]:
     """`(applies, why_not)` for `dispatch.resolve_backend`: Triton applies to CUDA tensors when triton is
     installed; CPU tensors go to the interpreter only when the caller asked for `backend="triton"`, so
