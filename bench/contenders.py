@@ -14,12 +14,17 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from ltc_fast import AutoModelForTokenSequenceClassification, LtcConfig
+from ltc_fast.prediction import compile_options
 from ltc_fast.reference import ReferenceLabelTokenModel
 
 from .measure import synchronize
 
-CONTENDERS = ("reference-eager", "reference-sdpa", "cls-head", "ltc_fast", "ltc_fast-decoupled")
+CONTENDERS = ("reference-eager", "reference-sdpa", "reference-compiled", "cls-head", "ltc_fast", "ltc_fast-compiled",
+              "ltc_fast-decoupled")
 BASELINE = "reference-sdpa"
+# Compiled contenders: the model of their peer under torch.compile (static shapes; CUDA graphs on a GPU), so
+# that launch-free ltc_fast meets an equally compiled reference, not only an eager one. Inference only.
+COMPILED_PEERS = {"reference-compiled": "reference-sdpa", "ltc_fast-compiled": "ltc_fast"}
 # Decoupled label attention with shared positions: each label attends the text and itself (cost N * T).
 DECOUPLED = {"label_positions": "shared", "label_attention": "decoupled"}
 
@@ -31,6 +36,8 @@ class Batch:
 
 
 def build_model(contender: str, encoder_config, num_labels: int, ltc_options: dict | None = None) -> torch.nn.Module:
+    """The contender's model, uncompiled (a compiled contender's peer: `compile_for_bench` wraps it)."""
+    contender = COMPILED_PEERS.get(contender, contender)
     config = copy.deepcopy(encoder_config)
     names = [f"label{i}" for i in range(num_labels)]
     if contender.startswith("reference-"):
@@ -45,6 +52,14 @@ def build_model(contender: str, encoder_config, num_labels: int, ltc_options: di
         options = {**(ltc_options or {}), **(DECOUPLED if contender == "ltc_fast-decoupled" else {})}
         return AutoModelForTokenSequenceClassification(LtcConfig(encoder=config, label_names=names, **options))
     raise ValueError(f"unknown contender {contender!r}; expected one of {CONTENDERS}")
+
+
+def compile_for_bench(model: torch.nn.Module, device: torch.device, real_sizes: bool) -> torch.nn.Module:
+    """A compiled contender's model: `torch.compile` with ltc_fast's compiled prediction's options (one static
+    graph; CUDA graphs on a GPU), the same for the reference and ltc_fast. The smoke run traces it with Dynamo's
+    eager backend only (Inductor's C++ build of every workload would take minutes on a CI machine)."""
+    options = compile_options(True, device) if real_sizes else {"backend": "eager", "fullgraph": True}
+    return torch.compile(model, **options)
 
 
 def make_batch(contender: str, lengths: list[int], num_labels: int, vocab_size: int, pad_id: int,

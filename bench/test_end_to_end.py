@@ -1,5 +1,6 @@
 """End-to-end benches W1-W5: train step (forward, backward, AdamW) and inference, for the reference
-(eager and SDPA attention), a [CLS]-head AutoModelForSequenceClassification and ltc_fast."""
+(eager and SDPA attention), a [CLS]-head AutoModelForSequenceClassification and ltc_fast; and inference of the
+reference (SDPA) and ltc_fast under torch.compile (CUDA graphs on a GPU)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from ltc_fast.encoders import max_sequence_length
 
-from .contenders import CONTENDERS, build_model, make_batch, step_function
+from .contenders import COMPILED_PEERS, CONTENDERS, build_model, compile_for_bench, make_batch, step_function
 from .measure import PeakMemory, count_flops
 from .workloads import WORKLOADS
 
@@ -21,6 +22,8 @@ def test_end_to_end(benchmark, bench_session, workload_id, contender, mode):
     config = bench_session.encoder_config()
     generator = torch.Generator().manual_seed(int(workload_id[1:]))  # the same data for every contender
     lengths = workload.text_lengths(generator)
+    if contender in COMPILED_PEERS and mode == "train":
+        pytest.skip("compiled contenders are measured in inference (launch-free prediction)")
     if contender == "ltc_fast-decoupled" and workload.ltc_options.get("label_attention") == "decoupled":
         pytest.skip(f"{workload_id}: the ltc_fast contender runs decoupled already (the same model)")
     positions = max_sequence_length(config)
@@ -30,6 +33,8 @@ def test_end_to_end(benchmark, bench_session, workload_id, contender, mode):
     device = bench_session.device
     with PeakMemory(device) as memory:
         model = build_model(contender, config, workload.num_labels, workload.ltc_options).to(device)
+        if contender in COMPILED_PEERS:
+            model = compile_for_bench(model, device, bench_session.real_sizes)
         batch = make_batch(contender, lengths, workload.num_labels, config.vocab_size, config.pad_token_id,
                            generator, device)
         step = step_function(model, batch, mode, device, bench_session.autocast_dtype)

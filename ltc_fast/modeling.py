@@ -110,14 +110,17 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
 
     # ------------------------------------------------------------------ prediction
     def predict(self, texts, tokenizer=None, top_k: int | None = None, threshold: float | None = None,
-                batch_size: int = 32, max_length: int | None = None, sort_by_length: bool = True) -> list[list[dict]]:
+                batch_size: int = 32, max_length: int | None = None, sort_by_length: bool = True,
+                compiled=False) -> list[list[dict]]:
         """Labels of raw texts: for each text `[{"label": name, "score": probability}, ...]`, best first.
         Multi-label: the labels at or above `threshold` (default: the saved per-label thresholds, else
         0.5), at most `top_k`; `top_k` alone gives the k best. Single-label: the best label by default.
         `tokenizer` may be left out when the model was loaded from a directory that holds one. Texts are
-        batched by length (`sort_by_length`), the results returned in their order."""
+        batched by length (`sort_by_length`), the results returned in their order. `compiled=True` runs the
+        model under `torch.compile` (CUDA graphs on a GPU) on padded shapes that repeat (`prediction.iter_probas`)."""
         return prediction.predict(self, texts, tokenizer=tokenizer, top_k=top_k, threshold=threshold,
-                                  batch_size=batch_size, max_length=max_length, sort_by_length=sort_by_length)
+                                  batch_size=batch_size, max_length=max_length, sort_by_length=sort_by_length,
+                                  compiled=compiled)
 
     # ------------------------------------------------------------------ forward
     @property
@@ -258,12 +261,14 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
             return True
         # auto: where a fused varlen kernel runs (the attention's compute dtype is autocast's when it is on),
         # and a mask was given (without one nothing is padded; with one, reading whether it pads anything would
-        # be a host sync of its own: the packing reads the offsets anyway)
+        # be a host sync of its own: the packing reads the offsets anyway), and not under torch.compile (the
+        # packed layout reads its offsets on the host, a graph break; compiled callers pad to repeating shapes)
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else self.dtype
         dropout = encoders.attention_dropout(self.config.encoder) if self.training else 0.0
         # (Local attention layers take the exact per-sequence loop when packed, so they stay padded.)
-        return (attention_mask is not None and self._runs_ltc_attention() and not output_attentions
-                and not output_hidden_states and encoders.sliding_window(self.config.encoder) is None
+        return (attention_mask is not None and not torch.compiler.is_compiling() and self._runs_ltc_attention()
+                and not output_attentions and not output_hidden_states
+                and encoders.sliding_window(self.config.encoder) is None
                 and attention.fused_varlen_runs(attention_mask.device, dtype, dropout,
                                                 encoders.attention_head_size(self.config.encoder)))
 

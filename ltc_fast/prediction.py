@@ -9,6 +9,7 @@ otherwise.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -19,6 +20,7 @@ from transformers import AutoTokenizer
 
 from . import encoders
 from .batching import tokenize_texts
+from .layout import label_slots
 from .config import MULTI_LABEL
 
 DEFAULT_THRESHOLD = 0.5
@@ -69,19 +71,74 @@ def iter_batched_probas(texts: Sequence[str], num_labels: int, probas_of: Callab
             yield probas
 
 
+# Compiled prediction pads every batch to a width from this ladder (and to `batch_size` rows), so that a few
+# shapes repeat and each is compiled (and, on CUDA, graph-captured) once: powers of two from 16, then the budget.
+SMALLEST_BUCKET = 16
+
+
+def bucket_width(width: int, budget: int) -> int:
+    """The padded width of a compiled batch whose longest text has `width` tokens: the next power of two (at
+    least SMALLEST_BUCKET), at most `budget` (the tokens a text may have)."""
+    bucket = SMALLEST_BUCKET
+    while bucket < width:
+        bucket *= 2
+    return min(bucket, budget)
+
+
+def compile_options(compiled, device: torch.device) -> dict:
+    """`torch.compile`'s keyword arguments for `compiled`: True gives one graph of static shapes (`fullgraph`,
+    `dynamic=False`), with CUDA graphs on a GPU (`mode="reduce-overhead"`: one launch replays the whole
+    forward); a dict is taken as given (e.g. `{"backend": "aot_eager"}`)."""
+    if isinstance(compiled, dict):
+        return dict(compiled)
+    if compiled is True:
+        return {"fullgraph": True, "dynamic": False, **({"mode": "reduce-overhead"} if device.type == "cuda" else {})}
+    raise ValueError(f"compiled must be False, True or a dict of torch.compile arguments, got {compiled!r}")
+
+
+@functools.cache
+def _compiled_probas(options: tuple) -> Callable:
+    """One compiled function per set of options, taking the model as an argument: it holds no model (a model
+    can be freed), and dynamo keeps each model's graphs apart by its guards."""
+    def probas(model, inputs: dict) -> torch.Tensor:
+        return model(**inputs).probas
+
+    return torch.compile(probas, **dict(options))
+
+
 @torch.no_grad()
 def iter_probas(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int | None = None,
-                progress: bool = False, sort_by_length: bool = True) -> Iterator[np.ndarray]:
+                progress: bool = False, sort_by_length: bool = True, compiled=False) -> Iterator[np.ndarray]:
     """Probabilities `[n, num_labels]` (float32) of consecutive runs of `texts`, in the texts' order (batched
-    as `iter_batched_probas` says)."""
+    as `iter_batched_probas` says).
+
+    `compiled`: False runs the model eagerly; True (or a dict of `torch.compile` arguments, see
+    `compile_options`) runs it compiled, each batch padded to `batch_size` rows (with empty texts, whose results
+    are dropped) and to a width from a ladder of powers of two (`bucket_width`), so the compiled shapes repeat:
+    on a GPU with CUDA graphs, a forward is one replay instead of hundreds of kernel launches. The numbers are
+    the eager model's up to float rounding (padding is masked out)."""
     max_length = default_max_length(model) if max_length is None else max_length
     device = next(model.parameters()).device
+    config = model.config
+    options = None if compiled is False else compile_options(compiled, device)
+
+    def tokenize(batch_texts: list[str]):
+        padding = True if options is None else False
+        return tokenize_texts(tokenizer, batch_texts, model.num_labels, max_length=max_length, padding=padding,
+                              return_tensors="pt" if options is None else None,
+                              label_positions=config.label_positions, label_attention=config.label_attention)
 
     def probas_of(batch_texts: list[str]) -> np.ndarray:
-        batch = tokenize_texts(tokenizer, batch_texts, model.num_labels, max_length=max_length, padding=True,
-                               return_tensors="pt", label_positions=model.config.label_positions,
-                               label_attention=model.config.label_attention)
-        return model(**{k: v.to(device) for k, v in batch.items()}).probas.float().cpu().numpy()
+        if options is None:
+            batch = tokenize(batch_texts)
+            return model(**{k: v.to(device) for k, v in batch.items()}).probas.float().cpu().numpy()
+        count = len(batch_texts)
+        batch = tokenize(batch_texts + [""] * (batch_size - count))
+        budget = max_length - label_slots(model.num_labels, config.label_positions, config.label_attention)
+        width = bucket_width(max(len(ids) for ids in batch["input_ids"]), budget)
+        batch = tokenizer.pad(batch, padding="max_length", max_length=width, return_tensors="pt")
+        inputs = {k: v.to(device) for k, v in batch.items()}
+        return _compiled_probas(tuple(sorted(options.items())))(model, inputs)[:count].float().cpu().numpy()
 
     was_training = model.training
     model.eval()
@@ -92,9 +149,10 @@ def iter_probas(model, tokenizer, texts: Sequence[str], batch_size: int = 32, ma
 
 
 def predict_probas(model, tokenizer, texts, batch_size: int = 32, max_length: int | None = None,
-                   progress: bool = False, sort_by_length: bool = True) -> np.ndarray:
-    """Probabilities `[len(texts), num_labels]` (sigmoid for multi-label, softmax for single-label)."""
-    parts = list(iter_probas(model, tokenizer, texts, batch_size, max_length, progress, sort_by_length))
+                   progress: bool = False, sort_by_length: bool = True, compiled=False) -> np.ndarray:
+    """Probabilities `[len(texts), num_labels]` (sigmoid for multi-label, softmax for single-label); `compiled`
+    as in `iter_probas`."""
+    parts = list(iter_probas(model, tokenizer, texts, batch_size, max_length, progress, sort_by_length, compiled))
     return np.concatenate(parts) if parts else np.zeros((0, model.num_labels), dtype=np.float32)
 
 
@@ -148,9 +206,9 @@ def resolve_tokenizer(model, tokenizer=None):
 
 def iter_predictions(model, tokenizer, texts, top_k: int | None = None, threshold: float | None = None,
                      batch_size: int = 32, max_length: int | None = None, progress: bool = False,
-                     sort_by_length: bool = True):
+                     sort_by_length: bool = True, compiled=False):
     """`predict`, a run of texts at a time (see `iter_probas`): yields each run's list of label lists."""
-    runs = iter_probas(model, tokenizer, texts, batch_size, max_length, progress, sort_by_length)
+    runs = iter_probas(model, tokenizer, texts, batch_size, max_length, progress, sort_by_length, compiled)
     yield from labels_of_probas(runs, model.config, top_k, threshold)
 
 
@@ -166,12 +224,12 @@ def labels_of_probas(runs: Iterable[np.ndarray], config, top_k: int | None = Non
 
 def predict(model, texts, tokenizer=None, top_k: int | None = None, threshold: float | None = None,
             batch_size: int = 32, max_length: int | None = None, progress: bool = False,
-            sort_by_length: bool = True) -> list[list[dict]]:
+            sort_by_length: bool = True, compiled=False) -> list[list[dict]]:
     """For each text, its labels as `[{"label": name, "score": probability}, ...]`, best first.
-    See the module's docstring for the decision rule, `iter_probas` for `sort_by_length`."""
+    See the module's docstring for the decision rule, `iter_probas` for `sort_by_length` and `compiled`."""
     if isinstance(texts, str):
         texts = [texts]
     tokenizer = resolve_tokenizer(model, tokenizer)
     batches = iter_predictions(model, tokenizer, texts, top_k, threshold, batch_size, max_length, progress,
-                               sort_by_length)
+                               sort_by_length, compiled)
     return [labels for batch in batches for labels in batch]

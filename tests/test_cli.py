@@ -348,3 +348,29 @@ def test_the_trained_directory_works_in_a_pipeline_with_truncation(work):
     want = model.predict([long_text], top_k=len(LABELS), max_length=32)[0]
     assert [r["label"] for r in got] == [r["label"] for r in want]
     assert [r["score"] for r in got] == pytest.approx([r["score"] for r in want], rel=1e-5)
+
+
+def test_predict_compiled_gives_the_same_labels(work, tmp_path, monkeypatch):
+    """--compiled runs the model under torch.compile on repeating shapes (here Dynamo with its eager backend:
+    Inductor's build is the slow test of tests/test_prediction_batching.py)."""
+    from ltc_fast import prediction
+
+    asked = []
+
+    def eager_backend(compiled, device):
+        asked.append(compiled)
+        return {"backend": "eager", "fullgraph": True}
+
+    monkeypatch.setattr(prediction, "compile_options", eager_backend)
+    (tmp_path / "in.txt").write_text("\n".join(_texts(work["dev"])) + "\n")
+    for flag, out in (([], "plain.jsonl"), (["--compiled"], "compiled.jsonl")):
+        assert run("predict", "--model", work["model"], "--input", tmp_path / "in.txt", "--output", tmp_path / out,
+                   "--top-k", 2, "--batch-size", 3, *flag) == 0
+    assert asked == [True]
+    plain, compiled = _jsonl(tmp_path / "plain.jsonl"), _jsonl(tmp_path / "compiled.jsonl")
+    assert [[e["label"] for e in line["labels"]] for line in compiled] == \
+        [[e["label"] for e in line["labels"]] for line in plain]
+    assert [e["score"] for line in compiled for e in line["labels"]] == \
+        pytest.approx([e["score"] for line in plain for e in line["labels"]], abs=1e-6)
+    assert run("predict", "--model", tmp_path / "model.onnx", "--input", tmp_path / "in.txt",
+               "--compiled") == 2

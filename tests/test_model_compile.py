@@ -70,3 +70,33 @@ def test_training_with_dropout_is_one_graph():
                                                                    labels=labels).loss
     loss.backward()
     assert loss.isfinite() and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.slow
+def test_auto_stays_padded_under_compile_where_it_would_pack(monkeypatch):
+    """`sequence_packing="auto"` packs where a fused varlen kernel runs (on a GPU); the packed layout reads its
+    offsets on the host, so under torch.compile auto runs padded and the forward stays one graph. The CPU here
+    plays a GPU: a stand-in varlen kernel (per-sequence SDPA) that records its calls."""
+    from ltc_fast import attention
+
+    packed_calls = []
+
+    def varlen_stand_in(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # [total, heads, d]
+        packed_calls.append(1)
+        bounds = cu_q.tolist()
+        return torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            *(t[a:b].transpose(0, 1) for t in (q, k, v)), scale=scale).transpose(0, 1)
+            for a, b in zip(bounds[:-1], bounds[1:])])
+
+    monkeypatch.setattr(attention, "fused_varlen_runs", lambda *args: True)
+    monkeypatch.setattr(attention, "torch_varlen_attn", lambda: varlen_stand_in)
+    model = _model(sequence_packing="auto")
+    model.eval()
+    ids, mask = text_batch(3, 9, pad_id=0)
+    with torch.no_grad():
+        eager = model(input_ids=ids, attention_mask=mask).logits
+        assert packed_calls, "eager auto packs here"
+        packed_calls.clear()
+        compiled = torch.compile(model, fullgraph=True, backend="eager")(input_ids=ids, attention_mask=mask).logits
+    assert not packed_calls
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)

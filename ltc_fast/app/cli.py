@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=None, metavar="K", help="at most K labels per text (default: no limit)")
     predict.add_argument("--threshold", type=float, default=None, metavar="T", help="labels with at least this probability (default: see above)")
     _add_run_options(predict, batch_size=32)
+    predict.add_argument("--compiled", action="store_true",
+                         help="run the model under torch.compile, batches padded to repeating shapes (CUDA graphs on "
+                              "a GPU: worth it for many short texts; the first batches of each shape compile)")
     predict.set_defaults(handler=_predict)
 
     convert = commands.add_parser(
@@ -390,13 +393,15 @@ def _prediction_batches(args, texts):
         if args.device not in ("auto", "cpu"):
             raise UsageError(f"--device {args.device!r}: a .onnx model runs on onnxruntime's CPU provider here; "
                              f"use the checkpoint directory for a torch device")
+        if args.compiled:
+            raise UsageError("--compiled goes with a checkpoint directory; a .onnx model runs on onnxruntime")
         return OnnxClassifier(args.model, tokenizer=args.tokenizer).iter_predictions(texts, **options)
     if args.tokenizer is not None:
         raise UsageError("--tokenizer goes with a .onnx model; a checkpoint directory holds its tokenizer")
     from ..prediction import iter_predictions
 
     model, tokenizer = _load(args)
-    return iter_predictions(model, tokenizer, texts, **options)
+    return iter_predictions(model, tokenizer, texts, **options, compiled=args.compiled)
 
 
 def _write_predictions(out, texts, batches) -> None:
