@@ -145,6 +145,21 @@ def fused_varlen_runs(device: torch.device, dtype: torch.dtype, dropout: float, 
             and (flash_attn_varlen() is not None or (torch_varlen_attn() is not None and dropout == 0.0)))
 
 
+# SDPA over nested jagged tensors reaches its flash / memory-efficient CUDA kernels for half-precision heads that are
+# a multiple of 8 (up to 256); elsewhere it takes its math path, slower than padding.
+NESTED_SDPA_HEAD_MULTIPLE = 8
+
+
+def packed_attention_is_fused(device: torch.device, dtype: torch.dtype, dropout: float, head_size: int) -> bool:
+    """Whether a packed batch's attention runs fused here, which is where `sequence_packing="auto"` packs: a
+    varlen kernel (`fused_varlen_runs`), or, with attention dropout (training) and no flash-attn, SDPA over
+    nested jagged tensors (`nested_sdpa`), whose CUDA kernels take dropout."""
+    if fused_varlen_runs(device, dtype, dropout, head_size):
+        return True
+    return (dropout > 0.0 and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+            and head_size <= MAX_FUSED_HEAD_SIZE and head_size % NESTED_SDPA_HEAD_MULTIPLE == 0)
+
+
 def _pad_head_size(t: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero columns up to a multiple of `multiple`: q . k is unchanged, and the output's extra columns are 0."""
     missing = -t.shape[-1] % multiple

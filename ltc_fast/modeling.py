@@ -269,8 +269,8 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         return (attention_mask is not None and not torch.compiler.is_compiling() and self._runs_ltc_attention()
                 and not output_attentions and not output_hidden_states
                 and encoders.sliding_window(self.config.encoder) is None
-                and attention.fused_varlen_runs(attention_mask.device, dtype, dropout,
-                                                encoders.attention_head_size(self.config.encoder)))
+                and attention.packed_attention_is_fused(attention_mask.device, dtype, dropout,
+                                                        encoders.attention_head_size(self.config.encoder)))
 
     def _mask_format(self) -> torch.dtype | None:
         """How the encoder's attention takes an explicit mask: bool (ltc_fast, SDPA), or additive in the model's

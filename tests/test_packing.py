@@ -132,6 +132,19 @@ def test_a_fused_varlen_kernel_runs_only_where_one_takes_the_call(monkeypatch, d
     assert attention.fused_varlen_runs(torch.device(device), dtype, dropout, head_size) is expected
 
 
+@pytest.mark.parametrize("dtype,dropout,head_size,flash,expected", [
+    (torch.bfloat16, 0.1, 64, False, True),  # training without flash-attn: nested SDPA takes the dropout
+    (torch.float16, 0.1, 64, True, True),  # flash-attn's varlen kernel
+    (torch.bfloat16, 0.0, 64, False, True),  # torch's varlen_attn
+    (torch.bfloat16, 0.1, 12, False, False),  # nested SDPA would take its math path: stay padded
+    (torch.float32, 0.1, 64, False, False),
+])
+def test_auto_packs_where_the_packed_attention_runs_fused(monkeypatch, dtype, dropout, head_size, flash, expected):
+    monkeypatch.setattr(attention, "flash_attn_varlen", lambda: object() if flash else None)
+    assert attention.packed_attention_is_fused(torch.device("cuda"), dtype, dropout, head_size) is expected
+    assert not attention.packed_attention_is_fused(torch.device("cpu"), dtype, dropout, head_size)
+
+
 def test_this_torch_has_varlen_attn_with_scale():
     """torch >= 2.10 (the CI pin, and the GPU machine's 2.11) has it; older torch gets None and the loop."""
     assert attention.torch_varlen_attn() is not None
@@ -143,7 +156,7 @@ def test_auto_asks_about_the_attention_dtype_and_dropout_of_this_call(monkeypatc
     model = Model(ltc_fast.LtcConfig(encoder=encoder_config("bert", attention_probs_dropout_prob=0.25),
                                      num_labels=2))
     asked = []
-    monkeypatch.setattr(attention, "fused_varlen_runs", lambda *args: asked.append(args) or False)
+    monkeypatch.setattr(attention, "packed_attention_is_fused", lambda *args: asked.append(args) or False)
     ids, mask = text_batch(3, 8, 0)
     model.train()(ids, mask)
     model.eval()(ids, mask)
