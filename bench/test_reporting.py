@@ -88,3 +88,19 @@ def test_large_label_sweep_runs_and_renders(tmp_path):
     assert (tmp_path / "sweep.png").exists()
     table = large_labels.markdown(results, "x.json")
     assert "| 600 | ltc_fast decoupled |" in table
+
+
+def test_cpu_inference_measures_every_way_and_renders(tmp_path):
+    """The bundled MiniLM on a few texts, one round: every way gives the plain way's probabilities, packing
+    computes exactly the real tokens, sorting fewer rows than plain order, and the table renders."""
+    from bench import cpu_inference
+
+    out = tmp_path / "cpu.json"
+    cpu_inference.main(["--texts", "12", "--batch-size", "4", "--rounds", "1", "--ways", "plain", "sorted", "packed",
+                        "--out", str(out)])
+    records = {r["way"]: r for r in json.loads(out.read_text())["records"]}
+    assert set(records) == {"plain", "sorted", "packed"}
+    assert records["packed"]["encoder_rows"] == records["packed"]["real_tokens"]
+    assert records["sorted"]["encoder_rows"] < records["plain"]["encoder_rows"]
+    assert all(r["max_abs_diff_vs_plain"] < 1e-5 and r["median_s"] > 0 for r in records.values())
+    cpu_inference.main(["--render", str(out)])
