@@ -28,12 +28,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers.models.roberta.modeling_roberta import RobertaLayer
 
-from ltc_fast.app.provenance import provenance
 from ltc_fast.encoders import max_sequence_length
 
 from .contenders import BASELINE, build_model, make_batch, step_function
 from .measure import LiveTensorBytes
-from .report import RESULTS_DIR, link_from, replace_section
+from .report import add_results_arguments, link_from, measured_or_rendered, publish_table
 from .workloads import WORKLOADS, roberta_base_config
 
 DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -173,26 +172,21 @@ def main(argv=None) -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=list(CONTENDERS))
     parser.add_argument("--layers", type=int, help="run this many layers instead of extrapolating from 1 and 2")
-    parser.add_argument("--out", type=Path, help="results JSON (default: bench/results/cost-on-paper-<commit>.json)")
-    parser.add_argument("--render", type=Path, help="only print (and with --docs write) the table of this JSON")
-    parser.add_argument("--docs", action="store_true", help="write the table into docs/benchmarks.md")
+    add_results_arguments(parser, DOCS_PAGE)
     args = parser.parse_args(argv)
-    if args.render:
-        path, results = args.render, json.loads(args.render.read_text())
-    else:
+
+    def run(results: dict, path: Path) -> None:
         os.environ["LTC_FAST_BACKEND"] = "torch"  # the PyTorch twins: same FLOPs and memory, no interpreter
-        results = {"provenance": provenance(), "records": []}
-        path = args.out or RESULTS_DIR / f"cost-on-paper-{results['provenance']['commit'][:8]}.json"
 
         def save(records):  # after every record: a run stopped early keeps what it measured
             results["records"] = records
             path.write_text(json.dumps(results, indent=1))
 
         save(paper_costs(args.workloads, args.contenders, args.layers, on_record=save))
+
+    path, results = measured_or_rendered(args, "cost-on-paper", run)
     table = markdown_table(results, link_from(DOCS_PAGE, path.resolve()))
-    print(table)
-    if args.docs:
-        replace_section("cost-on-paper", table, DOCS_PAGE)
+    publish_table(table, "cost-on-paper", DOCS_PAGE, args.docs)
 
 
 if __name__ == "__main__":

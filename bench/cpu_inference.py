@@ -20,7 +20,6 @@ the real ones.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -31,11 +30,10 @@ from transformers import AutoTokenizer
 from ltc_fast import AutoModelForTokenSequenceClassification
 from ltc_fast.app.demo import bundled_minilm_path
 from ltc_fast.app.goemotions import goemotions_label_names, load_goemotions
-from ltc_fast.app.provenance import provenance
 from ltc_fast.encoders import encoder_layers
 from ltc_fast.prediction import predict_probas
 
-from .report import DOCS, RESULTS_DIR, link_from, replace_section
+from .report import DOCS, add_results_arguments, link_from, measured_or_rendered, publish_table
 
 DOCS_PAGE = DOCS / "benchmarks.md"
 WAYS = {
@@ -123,24 +121,18 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS),
                         help="the first is the ratios' base")
-    parser.add_argument("--out", type=Path, help="results JSON (default: bench/results/cpu-inference-<commit>.json)")
-    parser.add_argument("--render", type=Path, help="only print (and with --docs write) the table of this JSON")
-    parser.add_argument("--docs", action="store_true", help="write the table into docs/benchmarks.md")
+    add_results_arguments(parser, DOCS_PAGE)
     args = parser.parse_args(argv)
-    if args.render:
-        path, results = args.render, json.loads(args.render.read_text())
-    else:
+
+    def run(results: dict, path: Path) -> None:
         texts = load_goemotions("dev", limit=args.texts)[0]
-        results = {"provenance": provenance(),
-                   "setup": {"texts": len(texts), "batch_size": args.batch_size, "rounds": args.rounds,
-                             "threads": torch.get_num_threads()},
-                   "records": measure(texts, args.batch_size, args.rounds, args.ways)}
-        path = args.out or RESULTS_DIR / f"cpu-inference-{results['provenance']['commit'][:8]}.json"
-        path.write_text(json.dumps(results, indent=1))
+        results["setup"] = {"texts": len(texts), "batch_size": args.batch_size, "rounds": args.rounds,
+                            "threads": torch.get_num_threads()}
+        results["records"] = measure(texts, args.batch_size, args.rounds, args.ways)
+
+    path, results = measured_or_rendered(args, "cpu-inference", run)
     table = markdown_table(results, link_from(DOCS_PAGE, path.resolve()))
-    print(table)
-    if args.docs:
-        replace_section("cpu-inference", table, DOCS_PAGE)
+    publish_table(table, "cpu-inference", DOCS_PAGE, args.docs)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from .contenders import BASELINE, CONTENDERS
@@ -34,11 +35,40 @@ def replace_section(name: str, text: str, page: Path) -> None:
     page.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
 
 
+def add_results_arguments(parser: argparse.ArgumentParser, page: Path) -> None:
+    """--out, --render and --docs, for a bench script whose results are one JSON and one table in a docs page."""
+    parser.add_argument("--out", type=Path, help="results JSON (default: bench/results/<name>-<commit>.json)")
+    parser.add_argument("--render", type=Path, help="only print (and with --docs write) the table of this JSON")
+    parser.add_argument("--docs", action="store_true", help=f"write the table into docs/{page.name}")
+
+
+def measured_or_rendered(args, name: str, measure: Callable[[dict, Path], None]) -> tuple[Path, dict]:
+    """(path, results): the JSON given by --render, or a new measurement: `measure(results, path)` fills
+    `results` (which starts with the provenance) and may save it to `path` as it goes (--out, else
+    bench/results/<name>-<commit>.json); it is saved once more when `measure` returns."""
+    if args.render:
+        return args.render, json.loads(args.render.read_text())
+    from ltc_fast.app.provenance import provenance
+
+    results = {"provenance": provenance()}
+    path = args.out or RESULTS_DIR / f"{name}-{results['provenance']['commit'][:8]}.json"
+    measure(results, path)
+    path.write_text(json.dumps(results, indent=1))
+    return path, results
+
+
+def publish_table(table: str, section: str, page: Path, docs: bool) -> None:
+    """Print the table; with `docs`, also write it into its section of the docs page."""
+    print(table)
+    if docs:
+        replace_section(section, table, page)
+
+
 def newest_results() -> Path:
-    # Only end-to-end sessions: not the accuracy, large-label, demo or op-bench results beside them.
+    # Only end-to-end sessions: not the accuracy, large-label, demo, cost, CPU-inference or op-bench results
+    others = ("accuracy-", "large-labels-", "demo-", "cost-on-paper-", "cpu-inference-")
     files = sorted((p for p in RESULTS_DIR.glob("*.json")
-                    if not p.name.startswith(("accuracy-", "large-labels-", "demo-")) and not p.stem.endswith("-ops")),
-                   key=lambda p: p.stat().st_mtime)
+                    if not p.name.startswith(others) and not p.stem.endswith("-ops")), key=lambda p: p.stat().st_mtime)
     if not files:
         raise SystemExit(f"no results in {RESULTS_DIR}: run `pytest bench/ --benchmark` first")
     return files[-1]
