@@ -31,6 +31,8 @@ from ltc_fast import AutoModelForTokenSequenceClassification
 from ltc_fast.app.demo import bundled_minilm_path
 from ltc_fast.app.goemotions import goemotions_label_names, load_goemotions
 from ltc_fast.encoders import encoder_layers
+from ltc_fast import prediction
+from ltc_fast.layout import label_slots
 from ltc_fast.prediction import predict_probas
 
 from .report import DOCS, add_results_arguments, link_from, measured_or_rendered, publish_table
@@ -45,18 +47,35 @@ WAYS = {
 
 
 class EncoderRows:
-    """Rows (token positions, padding included) entering the encoder's first layer."""
+    """Rows (token positions, padding included) entering the encoder's first layer: counted by a hook on it, or,
+    for the compiled way (a hook's Python counter would be traced into the graph), from each compiled call's
+    input: B rows of the batch's width plus the label slots."""
 
-    def __init__(self, model):
+    def __init__(self, model, compiled: bool):
         self.rows = 0
-        self._handle = encoder_layers(model.transformer)[0].register_forward_pre_hook(self._count, with_kwargs=True)
+        if compiled:
+            slots = label_slots(model.num_labels, model.config.label_positions, model.config.label_attention)
+            compiled_probas = prediction._compiled_probas
+
+            def counting(options):
+                run = compiled_probas(options)
+
+                def call(model, inputs):
+                    batch, width = inputs["input_ids"].shape
+                    self.rows += batch * (width + slots)
+                    return run(model, inputs)
+                return call
+
+            prediction._compiled_probas = counting
+            self.remove = lambda: setattr(prediction, "_compiled_probas", compiled_probas)
+        else:
+            first_layer = encoder_layers(model.transformer)[0]
+            handle = first_layer.register_forward_pre_hook(self._count, with_kwargs=True)
+            self.remove = handle.remove
 
     def _count(self, module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
         self.rows += hidden.shape[:-1].numel()
-
-    def remove(self):
-        self._handle.remove()
 
 
 def one_pass(model, tokenizer, texts, batch_size: int, way: str):
@@ -77,7 +96,7 @@ def measure(texts: list[str], batch_size: int, rounds: int, ways: list[str]) -> 
     real_tokens = sum(len(ids) for ids in tokenizer(texts)["input_ids"]) + len(texts) * model.num_labels
     records = {}
     for way in ways:  # warm-up (the compiled way compiles its shapes here), rows counted, results compared
-        counter = EncoderRows(model)
+        counter = EncoderRows(model, compiled=way == "compiled")
         _, probas = one_pass(model, tokenizer, texts, batch_size, way)
         counter.remove()
         reference = records["plain"]["probas"] if "plain" in records else probas

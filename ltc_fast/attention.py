@@ -263,7 +263,7 @@ def _label_pass(module, query, key, value, text: DecoupledText, dropout, scaling
         text_visible = within_window(text.label_positions, text.text_positions, window)  # [B, n, T]
     # transformers passes dropout 0 outside training
     return labels_attend_text(query, text.keys[module], text.values[module], key, value, text.key_padding, scaling,
-                           dropout, training=dropout > 0, backend=text.ops_backend, text_visible=text_visible)
+                              dropout, training=dropout > 0, backend=text.ops_backend, text_visible=text_visible)
 
 
 def sdpa_mask_without_sync(*args, allow_is_bidirectional_skip: bool = False, attention_mask=None, **kwargs):

@@ -9,7 +9,6 @@ otherwise.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -96,14 +95,21 @@ def compile_options(compiled, device: torch.device) -> dict:
     raise ValueError(f"compiled must be False, True or a dict of torch.compile arguments, got {compiled!r}")
 
 
-@functools.cache
-def _compiled_probas(options: tuple) -> Callable:
-    """One compiled function per set of options, taking the model as an argument: it holds no model (a model
-    can be freed), and dynamo keeps each model's graphs apart by its guards."""
-    def probas(model, inputs: dict) -> torch.Tensor:
-        return model(**inputs).probas
+def _probas(model, inputs: dict) -> torch.Tensor:
+    return model(**inputs).probas
 
-    return torch.compile(probas, **dict(options))
+
+_COMPILED_PROBAS: dict[str, Callable] = {}
+
+
+def _compiled_probas(options: dict) -> Callable:
+    """One compiled `_probas` per set of options (kept by their repr: they may hold dicts), taking the model as
+    an argument: it holds no model (a model can be freed), and dynamo keeps each model's graphs apart by its
+    guards."""
+    key = repr(sorted(options.items()))
+    if key not in _COMPILED_PROBAS:
+        _COMPILED_PROBAS[key] = torch.compile(_probas, **options)
+    return _COMPILED_PROBAS[key]
 
 
 @torch.no_grad()
@@ -138,7 +144,7 @@ def iter_probas(model, tokenizer, texts: Sequence[str], batch_size: int = 32, ma
         width = bucket_width(max(len(ids) for ids in batch["input_ids"]), budget)
         batch = tokenizer.pad(batch, padding="max_length", max_length=width, return_tensors="pt")
         inputs = {k: v.to(device) for k, v in batch.items()}
-        return _compiled_probas(tuple(sorted(options.items())))(model, inputs)[:count].float().cpu().numpy()
+        return _compiled_probas(options)(model, inputs)[:count].float().cpu().numpy()
 
     was_training = model.training
     model.eval()

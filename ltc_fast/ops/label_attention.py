@@ -78,7 +78,7 @@ def labels_attend_text_torch(
 # ------------------------------------------------------------------------------------------ Triton kernels
 # Ints that change from call to call (the seed, the batch's geometry and the strides that follow from it) are not
 # specialised: Triton would compile a variant per value class (== 1, divisible by 16) inside a training loop.
-_PER_CALL_INTS = ["seed", "batch_heads", "num_heads", "num_labels", "text_len",
+_PER_CALL_INTS = ["seed", "num_heads", "num_labels", "text_len",
                   "q_b", "q_h", "q_n", "k_b", "k_h", "k_n", "v_b", "v_h", "v_n",
                   "sk_b", "sk_h", "sk_n", "sv_b", "sv_h", "sv_n", "pad_b"]
 
@@ -113,7 +113,7 @@ if triton is not None:
     @triton.jit(do_not_specialize=_PER_CALL_INTS)
     def _forward_kernel(
         q_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, pad_ptr, out_ptr, stats_ptr,
-        seed, p, scale, batch_heads, num_heads, num_labels, text_len,
+        seed, p, scale, num_heads, num_labels, text_len,
         q_b, q_h, q_n, k_b, k_h, k_n, v_b, v_h, v_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, pad_b,
         HEAD: tl.constexpr, DROPOUT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -183,7 +183,7 @@ if triton is not None:
     def _label_rows_backward_kernel(
         q_ptr, k_ptr, v_ptr, sk_ptr, sv_ptr, pad_ptr, grad_out_ptr, stats_ptr, delta_ptr,
         grad_q_ptr, grad_sk_ptr, grad_sv_ptr,
-        seed, p, scale, batch_heads, num_heads, num_labels, text_len,
+        seed, p, scale, num_heads, num_labels, text_len,
         q_b, q_h, q_n, k_b, k_h, k_n, v_b, v_h, v_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, pad_b,
         HEAD: tl.constexpr, DROPOUT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -253,7 +253,7 @@ if triton is not None:
     @triton.jit(do_not_specialize=_PER_CALL_INTS)
     def _text_rows_backward_kernel(
         q_ptr, k_ptr, v_ptr, pad_ptr, grad_out_ptr, stats_ptr, delta_ptr, grad_k_ptr, grad_v_ptr,
-        seed, p, scale, batch_heads, num_heads, num_labels, text_len,
+        seed, p, scale, num_heads, num_labels, text_len,
         q_b, q_h, q_n, k_b, k_h, k_n, v_b, v_h, v_n, pad_b,
         HEAD: tl.constexpr, DROPOUT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -371,7 +371,7 @@ def attention_forward_triton(query, text_keys, text_values, self_keys, self_valu
     with launch_guard(query):
         _forward_kernel[(triton.cdiv(num_labels, blocks["BLOCK_M"]), batch * heads)](
             query, text_keys, text_values, self_keys, self_values, padding, out, stats,
-            seed, p, float(scale), batch * heads, heads, num_labels, text_len,
+            seed, p, float(scale), heads, num_labels, text_len,
             *_row_strides(query), *_row_strides(text_keys), *_row_strides(text_values), *_row_strides(self_keys),
             *_row_strides(self_values), padding.stride(0), HEAD=head_size, DROPOUT=dropout, **blocks)
     return out, stats
@@ -395,7 +395,7 @@ def attention_backward_triton(grad_out, stats, query, text_keys, text_values, se
         return tuple(grads)
     dropout, seed, p = _dropout_args(dropout_p, seed)
     blocks = attention_blocks(head_size, query.dtype)
-    geometry = (seed, p, float(scale), batch * heads, heads, num_labels, text_len)
+    geometry = (seed, p, float(scale), heads, num_labels, text_len)
     qkv_strides = (*_row_strides(query), *_row_strides(text_keys), *_row_strides(text_values))
     with launch_guard(query):
         if num_labels:

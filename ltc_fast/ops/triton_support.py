@@ -41,7 +41,7 @@ def _interpreter_iterates_runtime_ints() -> None:
     The interpreter holds a scalar argument as a one-element array and converts it with `int(array)`, which
     numpy 2.4 refuses for arrays of one dimension. Compiled kernels want exactly such loops: Triton pipelines
     `for` loops (their loads issued stages ahead), not `while` loops. The interpreter's conversion is wrapped to
-    read the element (`.item()`), nothing else changes; a Triton whose interpreter lacks the hook is left alone.
+    read the one element; nothing else changes, and a Triton whose interpreter lacks the hook is left alone.
     """
     from triton.runtime import interpreter
 
