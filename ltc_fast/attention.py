@@ -160,6 +160,16 @@ def packed_attention_is_fused(device: torch.device, dtype: torch.dtype, dropout:
             and head_size <= MAX_FUSED_HEAD_SIZE and head_size % NESTED_SDPA_HEAD_MULTIPLE == 0)
 
 
+def packing_pays(device: torch.device, dtype: torch.dtype, dropout: float, head_size: int, grad: bool) -> bool:
+    """Where `sequence_packing="auto"` packs a padded batch: where the packed attention runs fused
+    (`packed_attention_is_fused`), and on the CPU for inference without gradients, where the per-sequence loop
+    (SDPA without a mask: its CPU flash kernel) beat padded batches, 1.23x for MiniLM predicting GoEmotions
+    (docs/benchmarks.md, "Prediction on the CPU"). CPU training is not measured, and stays padded."""
+    if packed_attention_is_fused(device, dtype, dropout, head_size):
+        return True
+    return device.type == "cpu" and not grad and dropout == 0.0
+
+
 def _pad_head_size(t: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero columns up to a multiple of `multiple`: q . k is unchanged, and the output's extra columns are 0."""
     missing = -t.shape[-1] % multiple

@@ -16,8 +16,8 @@ LABEL_INITS = ("random", "avg", "label_name", "cls")
 # label the text and itself (labels independent of each other: chunked scoring, label sampling).
 LABEL_POSITIONS = ("reference", "shared")
 LABEL_ATTENTIONS = ("full", "decoupled")
-# "auto": unpadded (packed) execution where it pays off (padding present and the packed attention runs fused:
-# attention.packed_attention_is_fused); "packed" / "padded" force it.
+# "auto": unpadded (packed) execution where it pays off (padding present, and the packed attention runs fused or
+# it is CPU inference: attention.packing_pays); "packed" / "padded" force it.
 SEQUENCE_PACKING = ("auto", "packed", "padded")
 NEGATIVE_SAMPLING = ("uniform", "score")
 # Options that choose how the model runs rather than what it learned; from_pretrained accepts them.

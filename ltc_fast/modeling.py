@@ -259,18 +259,20 @@ class AutoModelForTokenSequenceClassification(PreTrainedModel):
         if mode == "packed":
             self._check_attention_backend("sequence_packing='packed'", output_attentions)
             return True
-        # auto: where a fused varlen kernel runs (the attention's compute dtype is autocast's when it is on),
-        # and a mask was given (without one nothing is padded; with one, reading whether it pads anything would
-        # be a host sync of its own: the packing reads the offsets anyway), and not under torch.compile (the
-        # packed layout reads its offsets on the host, a graph break; compiled callers pad to repeating shapes)
+        # auto: where packing pays (attention.packing_pays: a fused varlen kernel, whose compute dtype is
+        # autocast's when it is on; or CPU inference), and a mask was given (without one nothing is padded; with
+        # one, reading whether it pads anything would be a host sync of its own: the packing reads the offsets
+        # anyway), and not while compiled, traced or exported (the packed layout reads its offsets on the host:
+        # a graph break; compiled callers pad to repeating shapes)
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else self.dtype
         dropout = encoders.attention_dropout(self.config.encoder) if self.training else 0.0
         # (Local attention layers take the exact per-sequence loop when packed, so they stay padded.)
-        return (attention_mask is not None and not torch.compiler.is_compiling() and self._runs_ltc_attention()
+        traced = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        return (attention_mask is not None and not traced and self._runs_ltc_attention()
                 and not output_attentions and not output_hidden_states
                 and encoders.sliding_window(self.config.encoder) is None
-                and attention.packed_attention_is_fused(attention_mask.device, dtype, dropout,
-                                                        encoders.attention_head_size(self.config.encoder)))
+                and attention.packing_pays(attention_mask.device, dtype, dropout,
+                                           encoders.attention_head_size(self.config.encoder), torch.is_grad_enabled()))
 
     def _mask_format(self) -> torch.dtype | None:
         """How the encoder's attention takes an explicit mask: bool (ltc_fast, SDPA), or additive in the model's

@@ -145,22 +145,30 @@ def test_auto_packs_where_the_packed_attention_runs_fused(monkeypatch, dtype, dr
     assert not attention.packed_attention_is_fused(torch.device("cpu"), dtype, dropout, head_size)
 
 
+@pytest.mark.parametrize("dropout,grad,expected", [(0.0, False, True), (0.0, True, False), (0.1, True, False)])
+def test_auto_packs_cpu_inference_only(dropout, grad, expected):
+    """Measured: CPU prediction packed beat padded (docs/benchmarks.md); CPU training is not measured."""
+    assert attention.packing_pays(torch.device("cpu"), torch.float32, dropout, 64, grad) is expected
+
+
 def test_this_torch_has_varlen_attn_with_scale():
     """torch >= 2.10 (the CI pin, and the GPU machine's 2.11) has it; older torch gets None and the loop."""
     assert attention.torch_varlen_attn() is not None
 
 
 def test_auto_asks_about_the_attention_dtype_and_dropout_of_this_call(monkeypatch):
-    """`auto` packs where the fused kernel runs for what attention will compute: the model's dtype (autocast's
-    when on), the encoder's attention dropout in training only, and its head size."""
+    """`auto` packs where packing pays for what attention will compute: the model's dtype (autocast's when on),
+    the encoder's attention dropout in training only, its head size, and whether gradients are recorded."""
     model = Model(ltc_fast.LtcConfig(encoder=encoder_config("bert", attention_probs_dropout_prob=0.25),
                                      num_labels=2))
     asked = []
-    monkeypatch.setattr(attention, "packed_attention_is_fused", lambda *args: asked.append(args) or False)
+    monkeypatch.setattr(attention, "packing_pays", lambda *args: asked.append(args) or False)
     ids, mask = text_batch(3, 8, 0)
     model.train()(ids, mask)
-    model.eval()(ids, mask)
-    assert asked == [(torch.device("cpu"), torch.float32, 0.25, 12), (torch.device("cpu"), torch.float32, 0.0, 12)]
+    with torch.no_grad():
+        model.eval()(ids, mask)
+    assert asked == [(torch.device("cpu"), torch.float32, 0.25, 12, True),
+                     (torch.device("cpu"), torch.float32, 0.0, 12, False)]
 
 
 def test_torch_varlen_attn_gets_heads_padded_to_a_multiple_of_8(monkeypatch):
