@@ -163,8 +163,9 @@ def packed_attention_is_fused(device: torch.device, dtype: torch.dtype, dropout:
 def packing_pays(device: torch.device, dtype: torch.dtype, dropout: float, head_size: int, grad: bool) -> bool:
     """Where `sequence_packing="auto"` packs a padded batch: where the packed attention runs fused
     (`packed_attention_is_fused`), and on the CPU for inference without gradients, where the per-sequence loop
-    (SDPA without a mask: its CPU flash kernel) beat padded batches, 1.23x for MiniLM predicting GoEmotions
-    (docs/benchmarks.md, "Prediction on the CPU"). CPU training is not measured, and stays padded."""
+    (SDPA without a mask) beat padded batches in 7 of 8 interleaved rounds, 1.03x-1.23x in the median of two
+    runs (MiniLM predicting GoEmotions; docs/benchmarks.md, "Prediction on the CPU"). CPU training is not
+    measured, and stays padded."""
     if packed_attention_is_fused(device, dtype, dropout, head_size):
         return True
     return device.type == "cpu" and not grad and dropout == 0.0
