@@ -9,6 +9,7 @@ import threading
 import time
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -79,7 +80,9 @@ class LiveTensorBytes(TorchDispatchMode):
             self._add(tensor)
 
     def _add(self, tensor) -> None:
-        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+        # Fake tensors hold no memory: torch.compile's caches keep some alive, and a caller's `tracked` list
+        # gathered from the garbage collector can hold them
+        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta" or is_fake(tensor):
             return
         storage = tensor.untyped_storage()
         size, address = storage.nbytes(), storage.data_ptr()
