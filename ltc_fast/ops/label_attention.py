@@ -27,14 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import resolve_backend
-from .triton_support import TRITON, launch_guard, tl, triton, triton_applies
+from .triton_support import TRITON, draw_dropout_seed, launch_guard, tl, triton, triton_applies
 
 OP = "labels_attend_text"
 FAST_BACKEND = TRITON
 # The head sizes the kernels take, per dtype: beyond them the tiles spill registers on sm_90 (fp32's tl.dot runs
 # on FMA units, not tensor cores, and needs more of them); wider heads run the twin.
 MAX_KERNEL_HEAD_SIZE = {torch.float16: 128, torch.bfloat16: 128, torch.float32: 64}
-_SEED_BOUND = 2**31 - 1
 
 
 # ------------------------------------------------------------------------------------------------ the twin
@@ -330,11 +329,6 @@ def _dropout_args(dropout_p: float, seed: torch.Tensor | None) -> tuple[bool, in
     if seed is None or dropout_p == 0:
         return False, 0, 0.0
     return True, int(seed), float(dropout_p)
-
-
-def draw_dropout_seed() -> torch.Tensor:
-    """The kernel's dropout seed, drawn from torch's default generator (a CPU int64 scalar tensor)."""
-    return torch.randint(_SEED_BOUND, (), dtype=torch.int64)
 
 
 def attention_keep_mask(seed: torch.Tensor | int, batch_size: int, num_heads: int, num_labels: int, text_len: int,

@@ -24,11 +24,10 @@ import torch.nn.functional as F
 
 from ..layout import LABEL_START
 from .dispatch import resolve_backend
-from .triton_support import TRITON, launch_guard, tl, triton, triton_applies
+from .triton_support import TRITON, draw_dropout_seed, launch_guard, tl, triton, triton_applies
 
 OP = "label_head_logits"
 FAST_BACKEND = TRITON
-_SEED_BOUND = 2**31 - 1  # seeds stay int32 so Triton passes them as plain scalars
 
 
 # ------------------------------------------------------------------------------------------------ the twin
@@ -170,11 +169,6 @@ def head_blocks(hidden: int) -> dict:
     per kernel: tests/test_op_gpu_compile.py reports them). The dropout mask's layout depends on BLOCK_H, so
     every kernel takes it from here."""
     return {"BLOCK_ITEMS": 16, "BLOCK_H": min(max(triton.next_power_of_2(triton.cdiv(hidden, 4)), 16), 64)}
-
-
-def draw_dropout_seed() -> torch.Tensor:
-    """The kernel's dropout seed, drawn from torch's default generator (a CPU int64 scalar tensor)."""
-    return torch.randint(_SEED_BOUND, (), dtype=torch.int64)
 
 
 def _dropout_args(dropout_p: float, seed: torch.Tensor | None) -> tuple[bool, int, float, float]:

@@ -61,6 +61,15 @@ if _INTERPRETING:
     _interpreter_iterates_runtime_ints()
 
 
+_SEED_BOUND = 2**31 - 1  # seeds stay int32 so Triton passes them as plain scalars
+
+
+def draw_dropout_seed() -> torch.Tensor:
+    """A kernel's dropout seed, drawn from torch's default generator (a CPU int64 scalar tensor), so that
+    `torch.manual_seed` reproduces a run."""
+    return torch.randint(_SEED_BOUND, (), dtype=torch.int64)
+
+
 def triton_applies(requested: str | None, *tensors: torch.Tensor) -> tuple[bool, str]:
     """`(applies, why_not)` for `dispatch.resolve_backend`: Triton applies to CUDA tensors when triton is
     installed; CPU tensors go to the interpreter only when the caller asked for `backend="triton"`, so
